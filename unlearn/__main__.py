@@ -1,0 +1,139 @@
+"""`python -m unlearn [overrides]`: check the arguments, then hand over to Hydra.
+
+The pre-check composes the config exactly as Hydra will and runs every check that needs no weights, so a bad
+argument costs a second and leaves nothing behind. Errors are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from unlearn.errors import UnlearnError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "method", "data", "eval", "logger", "experiment")
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
+              "--version", "--resolve", "--package", "-p"}
+EXIT_BAD_INPUT = 2
+
+# Letters from other scripts that render like ASCII ones (Cyrillic, Greek, fullwidth forms).
+LOOKALIKES = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "Х": "X",
+    "α": "a", "ο": "o", "ν": "v", "ρ": "p", "τ": "t", "ι": "i", "κ": "k", "Α": "A", "Β": "B", "Ε": "E", "Ο": "O",
+    "－": "-", "＝": "=", "＿": "_",
+})
+
+
+def group_options(group: str) -> list[str]:
+    folder = CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def normalize_argument(argument: str) -> str:
+    """Replace look-alike letters in a group choice when that makes it exactly one valid name (with a warning);
+    reject an unknown group choice with the closest names."""
+    key, sep, value = argument.partition("=")
+    group = key.lstrip("+~")
+    if not sep or group not in GROUPS or "," in value or not value or value == "null":
+        if not argument.isascii() and argument.translate(LOOKALIKES) != argument:
+            odd = [f"'{ch}' (U+{ord(ch):04X})" for ch in argument if not ch.isascii()]
+            print(f"warning: non-ASCII characters in argument {argument!r}: {', '.join(odd)}", file=sys.stderr)
+        return argument
+    options = group_options(group)
+    if value in options:
+        return argument
+    ascii_value = value.translate(LOOKALIKES)
+    odd = [f"'{ch}' (U+{ord(ch):04X})" for ch in value if not ch.isascii()]
+    if ascii_value != value and ascii_value in options:
+        print(f"warning: {group}={value!r} contains look-alike character(s) {', '.join(odd)}; "
+              f"running {group}={ascii_value}", file=sys.stderr)
+        return f"{key}={ascii_value}"
+    if odd:
+        raise UnlearnError(f"{group}={value!r} contains non-ASCII character(s) {', '.join(odd)}: "
+                           f"type the name in ASCII; valid names: {', '.join(options)}")
+    close = difflib.get_close_matches(value, options, n=1)
+    hint = f"did you mean {group}={close[0]}? " if close else ""
+    raise UnlearnError(f"unknown {group} '{value}': {hint}valid names: {', '.join(options)}")
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose the config as Hydra will (first value of each sweep) and run the checks that need no weights."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from unlearn.run import plan
+
+    if not CONF_DIR.is_dir():
+        raise UnlearnError(f"config directory {CONF_DIR} is missing: install unlearn from its repository with "
+                           "`pip install -e .`")
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
+        first = []
+        for override in parsed:
+            if override.is_sweep_override():
+                values = list(override.sweep_string_iterator())
+                first.append(f"{override.get_key_element()}={values[0]}")
+            else:
+                first.append(override.input_line)
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=first)
+        plan(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UnlearnError(_first_line(exc)) from None
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(exc).__name__
+    if "not in struct" in text or "Could not override" in text:
+        text += " (check the key's spelling; python -m unlearn --cfg job lists every key)"
+    return text
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> None:
+    from unlearn.run import run
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    save_model = cfg.save_model if cfg.save_model is not None else not multirun
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        run(cfg, run_dir, save_model=bool(save_model))
+    except UnlearnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if not multirun:  # in a sweep the job is recorded as failed and the others go on
+            sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"interrupted: the run directory {run_dir} keeps the metrics so far", file=sys.stderr)
+        sys.exit(130)
+    print(f"Run directory: {run_dir}")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    arguments = sys.argv[1:]
+    try:
+        arguments = [normalize_argument(a) if not a.startswith("-") else a for a in arguments]
+        if not INFO_FLAGS.intersection(arguments):
+            precheck([a for a in arguments if not a.startswith("-")])
+    except UnlearnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    sys.argv = [sys.argv[0], *arguments]
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

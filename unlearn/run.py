@@ -1,0 +1,207 @@
+"""One run, top to bottom: check the config, load, evaluate before, train, evaluate after, save.
+
+`plan(cfg)` does every check that needs no weights (the CLI calls it before Hydra starts a job, so a typo costs
+a second); `run(cfg, run_dir)` carries the plan out and leaves the run directory described in the README.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+
+from unlearn import config, rundir
+from unlearn.config import TopicSpec
+from unlearn.corpora import BatchStream, check_sizes, load_topic
+from unlearn.engine import FastEngine
+from unlearn.errors import UnlearnError
+from unlearn.methods import MethodSpec, control_vector
+from unlearn.models import load_model, load_model_config, num_blocks, trained_parameters
+from unlearn.train import TopicStreams, steering_coefficients, train
+
+
+@dataclass
+class Plan:
+    """Everything the config decides, checked, as plain values."""
+
+    topics: list[TopicSpec]
+    method: MethodSpec
+    layer: int
+    update_layers: list[int]
+    device: str
+    dtype: torch.dtype
+    eval_spec: object | None
+
+
+def plan(cfg: DictConfig) -> Plan:
+    config.check_training(cfg)
+    topics = config.topics(cfg)
+    method = config.method(cfg, [t.name for t in topics])
+    device = config.device(cfg.device)
+    dtype = config.dtype(cfg.dtype, device)
+    model_config = load_model_config(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    layer, update_layers = config.unlearn_layers(cfg, num_blocks(model_config))
+    return Plan(topics, method, layer, update_layers, device, dtype, _eval_spec(cfg))
+
+
+def _eval_spec(cfg: DictConfig):
+    if not cfg.eval.get("tasks"):
+        return None
+    from unlearn.evaluation import EvalSpec, check_tasks
+
+    spec = EvalSpec.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    check_tasks(spec)
+    return spec
+
+
+def run(cfg: DictConfig, run_dir: Path, save_model: bool) -> dict:
+    """Carry out one run in `run_dir`; returns results.json's content. The manifest records how it ended."""
+    run_dir = Path(run_dir)
+    rundir.write_text_atomic(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    manifest = rundir.Manifest(run_dir, seed=cfg.seed, device=None, dtype=None, batch_size=cfg.batch_size)
+    metrics = rundir.MetricsLog(run_dir)
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        results = _pipeline(cfg, run_dir, save_model, manifest, metrics)
+    except KeyboardInterrupt:
+        manifest.finish("interrupted", error="interrupted (SIGINT/SIGTERM)")
+        raise
+    except UnlearnError as exc:
+        manifest.finish("failed", error=str(exc))
+        raise
+    except torch.OutOfMemoryError:
+        message = "out of memory: lower batch_size or max_length, or use dtype=bf16"
+        manifest.finish("failed", error=message)
+        raise UnlearnError(message) from None
+    except Exception as exc:
+        manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        metrics.close()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    manifest.finish("completed")
+    return results
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir.Manifest, metrics: rundir.MetricsLog) -> dict:
+    p = plan(cfg)
+    manifest.update(device=p.device, dtype=str(p.dtype).removeprefix("torch."), layer=p.layer,
+                    update_layers=p.update_layers, method=p.method.name, model=cfg.model.name_or_path)
+
+    # Corpora first: a bad file fails before any weights load.
+    topics = [load_topic(t.name, t.forget, t.retain, cfg.max_length) for t in p.topics]
+    if not cfg.data.chunk:
+        check_sizes(topics, cfg.steps, cfg.batch_size, cfg.data.cycle)
+
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(
+        cfg.model.name_or_path, dtype=p.dtype, device=p.device, device_map=cfg.device_map,
+        trust_remote_code=cfg.model.trust_remote_code, seed=cfg.seed,
+    )
+    params = trained_parameters(model, p.update_layers, cfg.param_pattern)
+    for weight in params.values():
+        weight.requires_grad_(True)
+
+    streams = [_streams(topic, tokenizer, cfg) for topic in topics]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    hidden_size = model.config.get_text_config().hidden_size
+    activation_device = next(iter(params.values())).device
+    vectors = [control_vector(hidden_size, generator).to(activation_device) for _ in topics]
+
+    probe_texts = _probe_texts(cfg) if p.eval_spec is not None else None
+    keywords = {t.name: t.keywords for t in p.topics}
+    before = None
+    if p.eval_spec is not None and cfg.eval.before:
+        before = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=_before_key(cfg))
+
+    engine = FastEngine(model, p.layer, p.update_layers[0])
+    coefficients, norms = steering_coefficients(engine, p.method, streams)
+    _save_control_vectors(run_dir, streams, vectors, coefficients)
+    manifest.update(steering_coeffs=coefficients, adaptive_norms=norms, trained_parameters=list(params))
+    print(f"Training {sum(w.numel() for w in params.values()):,} weights ({len(params)} tensors) "
+          f"with {p.method.name} at layer {p.layer}, coefficients {[round(c, 3) for c in coefficients]}")
+    losses: list[dict] = []
+    train(engine, p.method, streams, vectors, coefficients, list(params.values()),
+          steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, mask_padding=cfg.mask_padding,
+          on_step=lambda record: (metrics.write(record), losses.append(record)))
+    del engine  # frees the frozen copies before evaluation
+    model.requires_grad_(False)
+
+    results = {
+        "training": _training_summary(losses, streams, coefficients, norms),
+        "before": before,
+        "after": None,
+    }
+    if p.eval_spec is not None:
+        from unlearn.evaluation import format_table
+
+        results["after"] = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=None)
+        print(format_table(before, results["after"]))
+    rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
+    if save_model:
+        rundir.save_model_atomic(model, tokenizer, run_dir / rundir.MODEL_DIR)
+    return results
+
+
+def _streams(topic, tokenizer, cfg: DictConfig) -> TopicStreams:
+    shuffle_seed = cfg.seed if cfg.data.shuffle else None
+
+    def stream(texts, max_length):
+        return BatchStream(texts, tokenizer, cfg.batch_size, max_length, shuffle_seed=shuffle_seed, chunk=cfg.data.chunk)
+
+    return TopicStreams(topic.name, stream(topic.forget, topic.forget_max_length), stream(topic.retain, topic.retain_max_length))
+
+
+def _evaluate(model, tokenizer, p: Plan, vectors, keywords, probe_texts, cache_key):
+    from unlearn.evaluation import evaluate
+    from unlearn.models import cache_root
+
+    names = [t.name for t in p.topics]
+    return evaluate(model, tokenizer, p.eval_spec, unlearn_layer=p.layer,
+                    control_vectors=dict(zip(names, [v.detach().cpu() for v in vectors])),
+                    keywords=keywords, probe_texts=probe_texts, cache_key=cache_key, cache_dir=cache_root() / "eval")
+
+
+def _before_key(cfg: DictConfig) -> str:
+    return f"{cfg.model.name_or_path}|{cfg.dtype}"
+
+
+def _probe_texts(cfg: DictConfig) -> dict[str, list[str]] | None:
+    from unlearn.corpora import CorpusSpec, read_texts
+
+    probes = cfg.eval.get("probes")
+    if not probes or not probes.get("enabled") or not probes.get("forget_path") or not probes.get("retain_path"):
+        return None
+    limit = probes.get("max_documents")
+    return {side: read_texts(CorpusSpec(path=probes[f"{side}_path"]))[:limit] for side in ("forget", "retain")}
+
+
+def _save_control_vectors(run_dir: Path, streams: list[TopicStreams], vectors, coefficients) -> None:
+    tensors = {}
+    for topic, u, coeff in zip(streams, vectors, coefficients):
+        tensors[f"{topic.name}.u"] = u.detach().float().cpu().contiguous()
+        tensors[f"{topic.name}.coeff"] = torch.tensor([coeff], dtype=torch.float32)
+    save_file(tensors, run_dir / rundir.CONTROL_VECTORS)
+
+
+def _training_summary(losses: list[dict], streams: list[TopicStreams], coefficients, norms) -> dict:
+    summary = {"steps": len(losses), "topics": {}}
+    for topic, coeff, norm in zip(streams, coefficients, norms):
+        mine = [r for r in losses if r["topic"] == topic.name]
+        summary["topics"][topic.name] = {
+            "steering_coeff": coeff,
+            "adaptive_norm": norm,
+            "first": {k: mine[0][k] for k in ("loss", "forget_loss", "retain_loss")} if mine else None,
+            "last": {k: mine[-1][k] for k in ("loss", "forget_loss", "retain_loss")} if mine else None,
+        }
+    times = sorted(r["step_time_s"] for r in losses)
+    summary["median_step_time_s"] = times[len(times) // 2] if times else None
+    return summary

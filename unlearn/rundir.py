@@ -1,0 +1,133 @@
+"""The run directory's files, written so that a kill at any moment leaves the old file or the new one.
+
+`manifest.json` and `results.json` are replaced atomically (temp file in the same directory, fsync, rename);
+`metrics.jsonl` gets one whole line per write, flushed, so a kill loses at most the step it hit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+RESULTS = "results.json"
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+CONTROL_VECTORS = "control_vectors.safetensors"
+MODEL_DIR = "model"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual permissions
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "datasets", "lm-eval", "hydra-core", "unlearn"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    found["unlearn_git_sha"] = _git_sha()
+    return found
+
+
+def _git_sha() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if sha.returncode != 0:
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class Manifest:
+    """manifest.json: versions, device, seed, times and status (`running`, `completed`, `failed`, `interrupted`)."""
+
+    def __init__(self, run_dir: Path, **fields):
+        self.path = Path(run_dir) / MANIFEST
+        self.data = {"status": "running", "started": now(), "ended": None, **fields, "versions": versions()}
+        self.save()
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        self.save()
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.update(status=status, ended=now(), error=error)
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+
+class MetricsLog:
+    """metrics.jsonl, one flushed line per step."""
+
+    def __init__(self, run_dir: Path):
+        self.file = open(Path(run_dir) / METRICS, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def save_model_atomic(model, tokenizer, target: Path) -> None:
+    """Write the model to a temporary sibling directory, then move it into place when complete."""
+    target = Path(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        os.chmod(staging, 0o777 & ~_umask())
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

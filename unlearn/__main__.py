@@ -104,13 +104,17 @@ def _first_line(exc: Exception) -> str:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     from unlearn.run import run
+    from unlearn.sweep import already_completed
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     save_model = cfg.save_model if cfg.save_model is not None else not multirun
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if multirun and already_completed(cfg, run_dir):
+        print(f"Skipping {run_dir}: already completed with this config (sweep.force=true redoes it)")
+        return
     try:
-        run(cfg, run_dir, save_model=bool(save_model))
+        run(cfg, run_dir, save_model=bool(save_model), multirun=multirun)
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if not multirun:  # in a sweep the job is recorded as failed and the others go on

@@ -21,6 +21,7 @@ from unlearn.engine import FastEngine
 from unlearn.errors import UnlearnError
 from unlearn.methods import MethodSpec, control_vector
 from unlearn.models import load_model, load_model_config, num_blocks, trained_parameters
+from unlearn.tracking import start_tracker
 from unlearn.train import TopicStreams, steering_coefficients, train
 
 
@@ -58,40 +59,44 @@ def _eval_spec(cfg: DictConfig):
     return spec
 
 
-def run(cfg: DictConfig, run_dir: Path, save_model: bool) -> dict:
+def run(cfg: DictConfig, run_dir: Path, save_model: bool, multirun: bool = False) -> dict:
     """Carry out one run in `run_dir`; returns results.json's content. The manifest records how it ended."""
     run_dir = Path(run_dir)
     rundir.write_text_atomic(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     manifest = rundir.Manifest(run_dir, seed=cfg.seed, device=None, dtype=None, batch_size=cfg.batch_size)
     metrics = rundir.MetricsLog(run_dir)
+    tracker = start_tracker(cfg, run_dir, multirun)
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    status, error = "failed", None
     try:
-        results = _pipeline(cfg, run_dir, save_model, manifest, metrics)
+        results = _pipeline(cfg, run_dir, save_model, manifest, metrics, tracker)
+        status = "completed"
+        return results
     except KeyboardInterrupt:
-        manifest.finish("interrupted", error="interrupted (SIGINT/SIGTERM)")
+        status, error = "interrupted", "interrupted (SIGINT/SIGTERM)"
         raise
     except UnlearnError as exc:
-        manifest.finish("failed", error=str(exc))
+        error = str(exc)
         raise
     except torch.OutOfMemoryError:
-        message = "out of memory: lower batch_size or max_length, or use dtype=bf16"
-        manifest.finish("failed", error=message)
-        raise UnlearnError(message) from None
+        error = "out of memory: lower batch_size or max_length, or use dtype=bf16"
+        raise UnlearnError(error) from None
     except Exception as exc:
-        manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
         metrics.close()
+        tracker.finish(status)
+        manifest.finish(status, error=error)
         signal.signal(signal.SIGTERM, previous_sigterm)
-    manifest.finish("completed")
-    return results
 
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir.Manifest, metrics: rundir.MetricsLog) -> dict:
+def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir.Manifest,
+              metrics: rundir.MetricsLog, tracker) -> dict:
     p = plan(cfg)
     manifest.update(device=p.device, dtype=str(p.dtype).removeprefix("torch."), layer=p.layer,
                     update_layers=p.update_layers, method=p.method.name, model=cfg.model.name_or_path)
@@ -131,7 +136,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     losses: list[dict] = []
     train(engine, p.method, streams, vectors, coefficients, list(params.values()),
           steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, mask_padding=cfg.mask_padding,
-          on_step=lambda record: (metrics.write(record), losses.append(record)))
+          on_step=lambda record: (metrics.write(record), tracker.log_step(record), losses.append(record)))
     del engine  # frees the frozen copies before evaluation
     model.requires_grad_(False)
 
@@ -146,6 +151,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         results["after"] = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=None)
         print(format_table(before, results["after"]))
     rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
+    tracker.log_results(results)
     if save_model:
         rundir.save_model_atomic(model, tokenizer, run_dir / rundir.MODEL_DIR)
     return results

@@ -1,0 +1,30 @@
+"""Shared fixtures. Every test runs offline: the hub is never asked for anything."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def corpus_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A small forget/retain JSONL pair: 40 documents each, of varied length."""
+    paths = []
+    for side, words in (("forget", "virus capsid genome host cell infection"), ("retain", "river mountain city music history art")):
+        path = tmp_path / f"{side}.jsonl"
+        with path.open("w") as file:
+            for i in range(40):
+                text = " ".join(words.split()[j % 6] for j in range(i, i + 5 + 3 * (i % 5)))
+                file.write(json.dumps({"text": f"{side} document {i}: {text}."}) + "\n")
+        paths.append(path)
+    return paths[0], paths[1]

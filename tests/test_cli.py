@@ -1,0 +1,116 @@
+"""The command line as a user meets it: real subprocesses on the tiny model, and the run directory they leave."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+
+RUN_FILES = {"config.yaml", "manifest.json", "metrics.jsonl", "control_vectors.safetensors", "results.json", "model"}
+
+
+def unlearn(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "unlearn", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def tiny_args(tmp_path: Path, corpus_files, *extra: str) -> list[str]:
+    forget, retain = corpus_files
+    return ["model=tiny-random", "data=local", f"data.forget_path={forget}", f"data.retain_path={retain}",
+            "eval=none", "steps=4", f"output_root={tmp_path / 'out'}", *extra]
+
+
+def only_run_dir(tmp_path: Path) -> Path:
+    runs = [p for p in (tmp_path / "out").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.parametrize("method", ["rmu", "adaptive_rmu", "rna"])
+def test_each_method_runs_and_leaves_the_run_directory(tmp_path, corpus_files, method):
+    done = unlearn(*tiny_args(tmp_path, corpus_files, f"method={method}", "layer=5"))
+    assert done.returncode == 0, done.stderr
+    run = only_run_dir(tmp_path)
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert manifest["layer"] == 5 and manifest["update_layers"] == [3, 4, 5] and manifest["method"] == method
+    assert manifest["versions"]["torch"] == torch.__version__
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2, 3]
+    assert {"loss", "forget_loss", "retain_loss", "step_time_s", "topic"} <= lines[0].keys()
+    assert ("adaptive_coeff" in lines[0]) == (method == "adaptive_rmu")
+    vectors = load_file(run / "control_vectors.safetensors")
+    assert vectors["local.u"].shape == (64,) and vectors["local.u"].norm().item() == pytest.approx(1.0, abs=1e-5)
+    resolved = (run / "config.yaml").read_text()
+    assert "${" not in resolved  # fully resolved
+
+
+def test_saved_model_loads_and_differs_only_in_trained_weights(tmp_path, corpus_files):
+    from transformers import AutoModelForCausalLM
+
+    from unlearn.models import load_model
+
+    done = unlearn(*tiny_args(tmp_path, corpus_files, "steps=6", "lr=1e-2"))
+    assert done.returncode == 0, done.stderr
+    saved = AutoModelForCausalLM.from_pretrained(only_run_dir(tmp_path) / "model")
+    original, _ = load_model("tiny://llama", seed=42)
+    changed = {name for name, w in saved.state_dict().items() if not torch.equal(w, original.state_dict()[name])}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (5, 6, 7)}
+
+
+def test_identical_runs_are_identical(tmp_path, corpus_files):
+    """Same config and seed on CPU: identical losses and identical weights."""
+    runs = []
+    for name in ("a", "b"):
+        done = unlearn(*tiny_args(tmp_path / name, corpus_files, "method=rna", "steps=6"))
+        assert done.returncode == 0, done.stderr
+        runs.append(only_run_dir(tmp_path / name))
+    losses = [[(r["loss"], r["forget_loss"], r["retain_loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] for run in runs]
+    assert losses[0] == losses[1]
+    weights = [load_file(run / "model" / "model.safetensors") for run in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_bad_argument_is_one_line_and_writes_nothing(tmp_path, corpus_files):
+    done = unlearn(*tiny_args(tmp_path, corpus_files, "layer=40"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: layer=40 is outside this model's blocks: choose 0..11"]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigint_leaves_an_interrupted_run_with_its_metrics(tmp_path, corpus_files):
+    import signal
+    import time
+
+    args = tiny_args(tmp_path, corpus_files, "steps=100000", "data.cycle=true")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "unlearn", *args], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = None
+    while time.time() < deadline:
+        found = list((tmp_path / "out").glob("*/*/metrics.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 3:
+            metrics = found[0]
+            break
+        time.sleep(0.2)
+    assert metrics is not None, "the run never started training"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    manifest = json.loads((metrics.parent / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["ended"]
+    lines = metrics.read_text().splitlines()
+    assert len(lines) >= 3 and all(json.loads(line)["step"] == i for i, line in enumerate(lines))
+    assert not (metrics.parent / "model").exists()

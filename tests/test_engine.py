@@ -1,0 +1,93 @@
+"""The fast engine computes the same losses and gradients as the reference approach (full forwards with a hook,
+a full frozen copy), over several training steps, on tiny models of three architecture families."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from unlearn.corpora import BatchStream
+from unlearn.engine import FastEngine, ReferenceEngine
+from unlearn.methods import MethodSpec, control_vector
+from unlearn.models import decoder_blocks, load_model, trained_parameters
+from unlearn.train import TopicStreams, steering_coefficients, train
+
+FORGET = [f"the virus capsid protects the genome number {i} " * (1 + i % 3) for i in range(16)]
+RETAIN = [f"the river flows past the old city walls {i} " * (1 + i % 4) for i in range(16)]
+
+
+def _train_with(engine_kind: str, arch: str, pattern: str, layer: int, method: MethodSpec, steps: int = 4):
+    model, tokenizer = load_model(f"tiny://{arch}", seed=0)
+    update = [layer - 2, layer - 1, layer]
+    params = trained_parameters(model, update, pattern)
+    for weight in params.values():
+        weight.requires_grad_(True)
+    engine = FastEngine(model, layer, update[0]) if engine_kind == "fast" else ReferenceEngine(model, layer)
+    streams = [TopicStreams("t", BatchStream(FORGET, tokenizer, 4, 32), BatchStream(RETAIN, tokenizer, 4, 32))]
+    vectors = [control_vector(model.config.get_text_config().hidden_size, torch.Generator().manual_seed(0))]
+    coefficients, _ = steering_coefficients(engine, method, streams)
+    records = []
+    train(engine, method, streams, vectors, coefficients, list(params.values()), steps=steps, lr=1e-2, seed=0,
+          on_step=records.append, progress=False)
+    return records, {name: w.detach().clone() for name, w in params.items()}, model
+
+
+@pytest.mark.parametrize("arch,pattern,layer", [
+    ("llama", "mlp.down_proj", 7),
+    ("gpt2", "mlp.c_proj", 4),
+    ("gpt-neox", "mlp.dense_4h_to_h", 3),
+])
+@pytest.mark.parametrize("method", [
+    MethodSpec("rmu", [6.5], [100.0]),
+    MethodSpec("adaptive_rmu", None, [100.0], beta=5.0),
+    MethodSpec("rna", [6.5], [100.0], nu=0.05),
+], ids=["rmu", "adaptive_rmu", "rna"])
+def test_fast_engine_matches_reference(arch, pattern, layer, method):
+    fast_records, fast_weights, _ = _train_with("fast", arch, pattern, layer, method)
+    ref_records, ref_weights, _ = _train_with("reference", arch, pattern, layer, method)
+    for fast, ref in zip(fast_records, ref_records):
+        for key in ("loss", "forget_loss", "retain_loss"):
+            assert fast[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7), (fast["step"], key)
+    for name in fast_weights:
+        torch.testing.assert_close(fast_weights[name], ref_weights[name], rtol=1e-5, atol=1e-6)
+    # the weights really moved: the comparison is not between two untouched models
+    initial = trained_parameters(load_model(f"tiny://{arch}", seed=0)[0], [layer], pattern)
+    name = next(iter(initial))
+    assert not torch.allclose(initial[name], fast_weights[name])
+
+
+def test_first_step_gradients_match():
+    """One backward on identical weights: the trained weights' gradients agree to float rounding."""
+    grads = {}
+    for kind in ("fast", "reference"):
+        model, tokenizer = load_model("tiny://llama", seed=0)
+        params = trained_parameters(model, [5, 6, 7], "mlp.down_proj")
+        for weight in params.values():
+            weight.requires_grad_(True)
+        engine = FastEngine(model, 7, 5) if kind == "fast" else ReferenceEngine(model, 7)
+        batch = BatchStream(FORGET, tokenizer, 4, 32).batch(0)
+        retain = BatchStream(RETAIN, tokenizer, 4, 32).batch(0)
+        u = control_vector(64, torch.Generator().manual_seed(0))
+        h_f = engine.updated(engine.prepare(batch))
+        h_r = engine.updated(engine.prepare(retain))
+        frozen = engine.frozen(engine.prepare(retain))
+        loss = ((h_f - 20 * u) ** 2).mean() + 10 * ((h_r - (frozen + 0.1)) ** 2).mean()
+        loss.backward()
+        grads[kind] = {n: w.grad.clone() for n, w in params.items()}
+    for name in grads["fast"]:
+        torch.testing.assert_close(grads["fast"][name], grads["reference"][name], rtol=1e-5, atol=1e-7)
+
+
+def test_fast_engine_trains_only_selected_weights_and_keeps_no_full_copy():
+    model, _ = load_model("tiny://llama", seed=0)
+    before = copy.deepcopy(model.state_dict())
+    records, weights, trained_model = _train_with("fast", "llama", "mlp.down_proj", 7, MethodSpec("rmu", [6.5], [100.0]))
+    after = trained_model.state_dict()
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (5, 6, 7)}
+    engine = FastEngine(model, 7, 5)
+    assert len(engine.frozen_blocks) == 3
+    assert all(not p.requires_grad for b in engine.frozen_blocks for p in b.parameters())
+    assert engine.frozen_blocks[0] is not decoder_blocks(model)[5]

@@ -65,7 +65,25 @@ def normalize_argument(argument: str) -> str:
     raise UnlearnError(f"unknown {group} '{value}': {hint}valid names: {', '.join(options)}")
 
 
-def precheck(overrides: list[str]) -> None:
+def check_writable(directory: Path) -> None:
+    """The run directory can be created: its first existing ancestor is a writable directory."""
+    existing = directory.expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UnlearnError(f"cannot write the output directory {directory} ({existing} is not a writable directory): "
+                           "choose another with output_root=... (or hydra.sweep.dir=... for a sweep)")
+
+
+def _output_dir(cfg: DictConfig, overrides: list[str], multirun: bool) -> Path:
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith(key)]
+    if given:
+        return Path(given[-1])
+    return Path("multirun") if multirun else Path(cfg.output_root)
+
+
+def precheck(overrides: list[str], multirun: bool = False) -> None:
     """Compose the config as Hydra will (first value of each sweep) and run the checks that need no weights."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -89,6 +107,7 @@ def precheck(overrides: list[str]) -> None:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=first)
         plan(cfg)
+        check_writable(_output_dir(cfg, overrides, multirun))
     except (HydraException, OmegaConfBaseException) as exc:
         raise UnlearnError(_first_line(exc)) from None
 
@@ -131,7 +150,8 @@ def main() -> None:
     try:
         arguments = [normalize_argument(a) if not a.startswith("-") else a for a in arguments]
         if not INFO_FLAGS.intersection(arguments):
-            precheck([a for a in arguments if not a.startswith("-")])
+            multirun = "--multirun" in arguments or "-m" in arguments
+            precheck([a for a in arguments if not a.startswith("-")], multirun)
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-from unlearn.corpora import CorpusSpec
+from unlearn.corpora import CorpusSpec, is_local, resolve_path
 from unlearn.errors import UnlearnError
 from unlearn.methods import METHODS, MethodSpec
 
@@ -90,19 +91,25 @@ def topics(cfg: DictConfig) -> list[TopicSpec]:
     for name, topic in (cfg.data.topics or {}).items():
         if topic is None:  # a preset removed it (e.g. data=wmdp_cyber drops bio)
             continue
+        corpora = {}
         for side in ("forget", "retain"):
-            if OmegaConf.is_missing(topic[side], "path"):
-                raise UnlearnError(_missing_path_message(name, side))
-        found.append(TopicSpec(
-            name=str(name),
-            forget=CorpusSpec(**OmegaConf.to_container(topic.forget, resolve=True)),
-            retain=CorpusSpec(**OmegaConf.to_container(topic.retain, resolve=True)),
-            keywords=list(topic.get("keywords") or []),
-        ))
+            try:
+                fields = OmegaConf.to_container(topic[side], resolve=True, throw_on_missing=True)
+            except (MissingMandatoryValue, InterpolationToMissingValueError):
+                raise UnlearnError(_missing_path_message(str(name), side)) from None
+            try:
+                corpora[side] = CorpusSpec(**fields)
+            except TypeError as exc:
+                raise UnlearnError(f"data.topics.{name}.{side}: {exc}; valid keys: path, text_field, max_length, "
+                                   "name, split, raw_lines") from None
+        found.append(TopicSpec(str(name), corpora["forget"], corpora["retain"], list(topic.get("keywords") or [])))
     if not found:
         raise UnlearnError("data.topics is empty: choose a data preset (data=demo) or add a topic")
     for spec in found:
         for side, corpus in (("forget", spec.forget), ("retain", spec.retain)):
+            if is_local(corpus.path) and not resolve_path(corpus.path).is_file():
+                raise UnlearnError(f"topic '{spec.name}': {side} corpus file {resolve_path(corpus.path)} does not exist: "
+                                   "check the path (data.forget_path / data.retain_path, or data.topics.<topic>.<side>.path)")
             if isinstance(corpus.max_length, bool) or not isinstance(corpus.max_length, int) or corpus.max_length <= 0:
                 raise UnlearnError(f"topic '{spec.name}' {side} max_length must be a positive integer, got {corpus.max_length!r}")
     return found

@@ -12,13 +12,13 @@ batch. Shuffling, cycling and chunking are options, off by default.
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from unlearn import hub
 from unlearn.errors import UnlearnError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -53,7 +53,10 @@ def resolve_path(path: str) -> Path:
 
 
 def is_local(path: str) -> bool:
-    return path.startswith("pkg://") or resolve_path(path).suffix in (".jsonl", ".json", ".txt") or resolve_path(path).exists()
+    """A file path (or bundled file) rather than a hub dataset id."""
+    if path.startswith(("pkg://", "/", "./", "../", "~")):
+        return True
+    return resolve_path(path).suffix in (".jsonl", ".json", ".txt") or resolve_path(path).exists()
 
 
 def read_texts(spec: CorpusSpec) -> list[str]:
@@ -95,10 +98,11 @@ def _read_hub(spec: CorpusSpec) -> list[str]:
     import datasets
 
     try:
+        if not hub.offline() and not hub.reachable():
+            raise ConnectionError("the Hugging Face hub is unreachable (set HF_DATASETS_OFFLINE=1 to read your local cache)")
         dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split)
     except Exception as exc:  # datasets raises many types for "not reachable / not cached"
-        offline = os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        reason = "offline mode is set and it is not in the local cache" if offline else str(exc).splitlines()[0]
+        reason = "offline mode is set and it is not in the local cache" if hub.offline() else str(exc).splitlines()[0]
         raise UnlearnError(
             f"could not load dataset {spec.path}" + (f" ({spec.name})" if spec.name else "")
             + f": {reason}: point the topic's path at a local JSONL of the same schema, or use data=demo"

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unlearn import hub
 from unlearn.errors import UnlearnError
 
 EMBEDDED_PREFIX = "embedded://"
@@ -65,7 +66,7 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False):
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UnlearnError(_unreachable_message(name_or_path, exc)) from None
+        raise UnlearnError(_unreachable_message(name_or_path, _first_line(exc))) from None
 
 
 def num_blocks(config) -> int:
@@ -118,12 +119,12 @@ def _from_pretrained(source: str, dtype: torch.dtype, device_map: str | None, tr
             source, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise UnlearnError(_unreachable_message(source, exc)) from None
+        raise UnlearnError(_unreachable_message(source, _first_line(exc))) from None
     return model, tokenizer
 
 
 def _check_reachable(name_or_path: str) -> None:
-    """Fail at once on a path that does not exist, instead of asking the hub for it."""
+    """Fail at once on a path that does not exist, or a hub id that is neither cached nor reachable."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -137,14 +138,18 @@ def _check_reachable(name_or_path: str) -> None:
             f"model path {name_or_path} does not exist: check model.name_or_path, or use a hub id such as "
             "HuggingFaceH4/zephyr-7b-beta"
         )
+    if not hub.model_cached(name_or_path) and not hub.reachable():
+        why = "offline mode (HF_HUB_OFFLINE) is set" if hub.offline() else "the Hugging Face hub is unreachable"
+        raise UnlearnError(_unreachable_message(name_or_path, why))
 
 
-def _unreachable_message(name_or_path: str, exc: Exception) -> str:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else first_line
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _unreachable_message(name_or_path: str, why: str) -> str:
     return (
-        f"could not load model '{name_or_path}' ({why}): use a local directory "
+        f"could not load model '{name_or_path}' ({why}, and it is not in the local cache): use a local directory "
         "(model.name_or_path=/path/to/model), download it first with `huggingface-cli download`, "
         "or run the embedded model (model=smollm2-135m)"
     )
@@ -312,3 +317,19 @@ def trained_parameters(model: nn.Module, update_layers: list[int], param_pattern
             f"modules with weights in a block are {', '.join(available)}"
         )
     return selected
+
+
+def check_parameter_pattern(config, update_layers: list[int], param_pattern: str, trust_remote_code: bool = False) -> None:
+    """`trained_parameters` on a weightless copy of the model (meta device): a bad pattern fails before loading."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        re.compile(param_pattern)
+    except re.error as exc:
+        raise UnlearnError(f"param_pattern '{param_pattern}' is not a valid regular expression ({exc}): e.g. mlp.down_proj") from None
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # an architecture that can't be built on meta: the check runs after loading instead
+        return
+    trained_parameters(skeleton, update_layers, param_pattern)

@@ -20,7 +20,7 @@ from unlearn.corpora import BatchStream, check_sizes, load_topic
 from unlearn.engine import FastEngine
 from unlearn.errors import UnlearnError
 from unlearn.methods import MethodSpec, control_vector
-from unlearn.models import load_model, load_model_config, num_blocks, trained_parameters
+from unlearn.models import check_parameter_pattern, load_model, load_model_config, num_blocks, trained_parameters
 from unlearn.tracking import start_tracker
 from unlearn.train import TopicStreams, steering_coefficients, train
 
@@ -46,6 +46,7 @@ def plan(cfg: DictConfig) -> Plan:
     dtype = config.dtype(cfg.dtype, device)
     model_config = load_model_config(cfg.model.name_or_path, cfg.model.trust_remote_code)
     layer, update_layers = config.unlearn_layers(cfg, num_blocks(model_config))
+    check_parameter_pattern(model_config, update_layers, cfg.param_pattern, cfg.model.trust_remote_code)
     return Plan(topics, method, layer, update_layers, device, dtype, _eval_spec(cfg))
 
 

@@ -104,17 +104,22 @@ class Manifest:
 
 
 class MetricsLog:
-    """metrics.jsonl, one flushed line per step."""
+    """metrics.jsonl, one flushed line per step; created at the first step, so a run that fails before
+    training leaves no empty file behind."""
 
     def __init__(self, run_dir: Path):
-        self.file = open(Path(run_dir) / METRICS, "a", encoding="utf-8")
+        self.path = Path(run_dir) / METRICS
+        self.file = None
 
     def write(self, record: dict) -> None:
+        if self.file is None:
+            self.file = open(self.path, "w", encoding="utf-8")  # a rerun of a failed job starts afresh
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def save_model_atomic(model, tokenizer, target: Path) -> None:

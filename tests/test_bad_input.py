@@ -1,0 +1,187 @@
+"""Every bad input gets one clear line naming the problem and the fix, a non-zero exit, no traceback, and
+nothing written (errors found before the job starts) or only the failure record (errors found inside it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import tiny_args, unlearn
+from unlearn.__main__ import main, normalize_argument
+
+
+def precheck_error(monkeypatch, capsys, tmp_path, *args: str) -> str:
+    """Run the CLI in-process; the error must come from the pre-check (exit 2, one line, nothing written)."""
+    monkeypatch.setattr(sys, "argv", ["unlearn", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+    return err[0]
+
+
+def tiny(tmp_path, corpus_files, *extra):
+    return tiny_args(tmp_path, corpus_files, *extra)
+
+
+@pytest.mark.parametrize("argument,expected", [
+    ("method=rmuu", "unknown method 'rmuu': did you mean method=rmu? valid names: adaptive_rmu, rmu, rna"),
+    ("model=smolm2-135m", "did you mean model=smollm2-135m?"),
+    ("data=wmdpp", "did you mean data=wmdp?"),
+    ("eval=dem", "did you mean eval=demo?"),
+    ("method=rnж", "contains non-ASCII character(s) 'ж' (U+0436)"),
+    ("layer=40", "layer=40 is outside this model's blocks: choose 0..11"),
+    ("layer=-1", "layer=-1 is outside this model's blocks"),
+    ("update_layers=[5,9]", "update_layers contains 9, above layer=7"),
+    ("param_pattern=mlp.nothing", "param_pattern 'mlp.nothing' matches no weight in blocks [5, 6, 7]: modules with weights in a block are"),
+    ("steps=0", "steps must be a positive integer, got 0"),
+    ("steps=abc", "steps must be a positive integer, got 'abc'"),
+    ("batch_size=-4", "batch_size must be a positive integer"),
+    ("lr=0", "lr must be a positive number"),
+    ("method.steering_coeff=-1", "method.steering_coeff must be a non-negative number, got -1"),
+    ("method.alpha=-5", "method.alpha must be a non-negative number"),
+    ("method.steering_coeff=[1,2]", "method.steering_coeff has 2 values but there are 1 topics (local)"),
+    ("model.name_or_path=/no/such/model", "model path /no/such/model does not exist"),
+    ("model=zephyr-7b-beta", "could not load model 'HuggingFaceH4/zephyr-7b-beta'"),
+    ("device=cuda", "device=cuda but no CUDA GPU is visible: use device=cpu"),
+    ("dtype=fp8", "dtype='fp8' is not supported"),
+    ("foo=1", "Could not override 'foo'"),
+    ("data.forget_path=/no/such/forget.jsonl", "forget corpus file /no/such/forget.jsonl does not exist"),
+])
+def test_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument, expected):
+    if argument.startswith("model=zephyr"):
+        args = [a for a in tiny(tmp_path, corpus_files) if not a.startswith("model=")] + [argument]
+    else:
+        args = tiny(tmp_path, corpus_files, argument)
+    if argument.startswith("device=cuda"):
+        pytest.importorskip("torch")
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible")
+    assert expected in precheck_error(monkeypatch, capsys, tmp_path, *args)
+
+
+@pytest.mark.parametrize("method,argument,expected", [
+    ("adaptive_rmu", "method.beta=-1", "method.beta must be a non-negative number"),
+    ("rna", "method.nu=-0.1", "method.nu must be a non-negative number"),
+    ("rna", "method.base=npo", "RNA wraps rmu or adaptive_rmu"),
+])
+def test_precheck_rejects_method_settings(monkeypatch, capsys, tmp_path, corpus_files, method, argument, expected):
+    line = precheck_error(monkeypatch, capsys, tmp_path, *tiny(tmp_path, corpus_files, f"method={method}", argument))
+    assert expected in line
+
+
+def test_local_data_without_paths(monkeypatch, capsys, tmp_path):
+    line = precheck_error(monkeypatch, capsys, tmp_path, "model=tiny-random", "data=local", "eval=none",
+                          f"output_root={tmp_path / 'out'}")
+    assert "data=local needs data.forget_path=" in line
+
+
+def test_unwritable_output_directory(monkeypatch, capsys, tmp_path, corpus_files):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    line = precheck_error(monkeypatch, capsys, tmp_path, *tiny(tmp_path, corpus_files), f"output_root={blocker}/runs")
+    assert "cannot write the output directory" in line and "output_root=" in line
+
+
+def test_lookalike_letters_are_replaced_with_a_warning(capsys):
+    assert normalize_argument("method=rn\u0430") == "method=rna"  # Cyrillic a
+    warning = capsys.readouterr().err
+    assert "'\u0430' (U+0430)" in warning and "running method=rna" in warning
+
+
+def test_lookalike_argument_runs_end_to_end(tmp_path, corpus_files):
+    done = unlearn(*tiny(tmp_path, corpus_files, "method=rn\u0430", "steps=2"))
+    assert done.returncode == 0, done.stderr
+    assert "U+0430" in done.stderr
+    manifest = json.loads(next((tmp_path / "out").glob("*/*/manifest.json")).read_text())
+    assert manifest["method"] == "rna" and manifest["status"] == "completed"
+
+
+def _in_job_failure(tmp_path: Path, done, expected: str, training_started: bool = False) -> dict:
+    """Found inside the job: exit 1, one error line, and only the failure record in the run directory (plus
+    what training had written, when it had started)."""
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], done.stderr
+    run = next(p for p in (tmp_path / "out").glob("*/*") if p.is_dir())
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and expected in manifest["error"]
+    record = {"manifest.json", "config.yaml", ".hydra", "__main__.log"}
+    if training_started:
+        record |= {"control_vectors.safetensors", "metrics.jsonl"}
+    assert {p.name for p in run.iterdir()} <= record
+    return manifest
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_corrupt_jsonl_line_names_file_and_line(tmp_path, corpus_files):
+    forget, retain = corpus_files
+    bad = write_lines(tmp_path / "bad.jsonl", [json.dumps({"text": f"doc {i}"}) for i in range(5)] + ['{"text": oops'])
+    done = unlearn(*tiny(tmp_path, (bad, retain)))
+    _in_job_failure(tmp_path, done, f"{bad}:6: not valid JSON")
+
+
+def test_missing_text_field(tmp_path, corpus_files):
+    _, retain = corpus_files
+    bad = write_lines(tmp_path / "f.jsonl", [json.dumps({"body": "x"})] * 20)
+    done = unlearn(*tiny(tmp_path, (bad, retain)))
+    _in_job_failure(tmp_path, done, "no field 'text' (found: body): set data.text_field")
+
+
+def test_empty_corpus(tmp_path, corpus_files):
+    _, retain = corpus_files
+    empty = write_lines(tmp_path / "empty.jsonl", [json.dumps({"text": "  "})])
+    done = unlearn(*tiny(tmp_path, (empty, retain)))
+    _in_job_failure(tmp_path, done, "has no non-empty documents")
+
+
+def test_corpus_too_small_for_the_steps(tmp_path, corpus_files):
+    done = unlearn(*tiny(tmp_path, corpus_files, "steps=50"))
+    _in_job_failure(tmp_path, done, "the forget corpus has 40 documents but steps=50 with batch_size=4 needs 200: "
+                                    "lower steps or batch_size, or set data.cycle=true")
+
+
+def test_non_finite_loss_names_the_step(tmp_path, corpus_files):
+    # c = 1e30: (c*u)^2 overflows float32 at the first step, as fp16 activations do on real models
+    done = unlearn(*tiny(tmp_path, corpus_files, "method.steering_coeff=1e30"))
+    manifest = _in_job_failure(tmp_path, done, "the loss became inf at step 0 (topic 'local')", training_started=True)
+    assert "dtype=bf16" in manifest["error"]
+
+
+def test_out_of_memory_suggests_smaller_batches(tmp_path, corpus_files, monkeypatch):
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    import unlearn.run as run_module
+    from unlearn.__main__ import CONF_DIR
+    from unlearn.errors import UnlearnError
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(run_module, "train", out_of_memory)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=tiny(tmp_path, corpus_files))
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UnlearnError, match="out of memory: lower batch_size or max_length"):
+        run_module.run(cfg, tmp_path / "run", save_model=False)
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_tokenizer_without_pad_token_pads_with_eos():
+    from unlearn.models import byte_tokenizer, load_model
+
+    assert byte_tokenizer().pad_token is None
+    _, tokenizer = load_model("tiny://llama")
+    assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.padding_side == "left"

@@ -1,0 +1,79 @@
+"""Every config composes, and the presets carry the values they claim."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from unlearn import config
+from unlearn.__main__ import CONF_DIR, group_options
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("group", ["model", "method", "data", "eval", "logger"])
+def test_every_option_composes_and_resolves(group):
+    options = group_options(group)
+    assert options
+    for option in options:
+        extra = ["data.forget_path=f.jsonl", "data.retain_path=r.jsonl"] if option == "local" else []
+        if option == "wmdp" or option == "wmdp_bio":
+            extra = ["data.topics.bio.forget.path=bio.jsonl"]
+        cfg = composed(f"{group}={option}", *extra)
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def test_experiment_presets_compose():
+    for option in group_options("experiment"):
+        cfg = composed(f"experiment={option}")
+        assert cfg.method.name in ("rmu", "adaptive_rmu", "rna")
+
+
+@pytest.fixture
+def bio_file(tmp_path):
+    path = tmp_path / "bio.jsonl"
+    path.write_text('{"text": "a"}\n')
+    return path
+
+
+def test_zephyr_wmdp_defaults_are_the_published_recipe(bio_file):
+    cfg = composed("model=zephyr-7b-beta", "data=wmdp", f"data.topics.bio.forget.path={bio_file}")
+    topics = config.topics(cfg)
+    method = config.method(cfg, [t.name for t in topics])
+    assert [t.name for t in topics] == ["bio", "cyber"]
+    assert method.steering_coeffs == [6.5, 6.5] and method.alphas == [1200.0, 1200.0]
+    assert (cfg.layer, cfg.lr, cfg.steps, cfg.batch_size, cfg.seed) == (7, 5e-5, 150, 4, 42)
+    assert config.unlearn_layers(cfg, 32) == (7, [5, 6, 7])
+    assert cfg.param_pattern == "mlp.down_proj"
+    assert [t.forget.max_length for t in topics] == [512, 768]
+    assert [t.retain.max_length for t in topics] == [512, 512]
+    assert topics[1].forget.path == "cais/wmdp-corpora" and topics[1].forget.name == "cyber-forget-corpus"
+    assert (topics[0].retain.path, topics[0].retain.name, topics[0].retain.split) == ("wikitext", "wikitext-2-raw-v1", "test")
+
+
+def test_per_topic_lists_follow_topic_order():
+    cfg = composed("model=zephyr-7b-beta", "data=wmdp", "data.topics.bio.forget.path=b.jsonl",
+                   "method.steering_coeff=[6.5,8]", "method.alpha=[1200,1000]")
+    method = config.method(cfg, ["bio", "cyber"])
+    assert method.steering_coeffs == [6.5, 8.0] and method.alphas == [1200.0, 1000.0]
+
+
+def test_rna_wraps_rmu_or_adaptive_rmu():
+    rna = config.method(composed("method=rna"), ["t"])
+    assert rna.nu == 0.01 and rna.steering_coeffs is not None
+    over_adaptive = config.method(composed("method=rna", "method.base=adaptive_rmu"), ["t"])
+    assert over_adaptive.adaptive and over_adaptive.beta == 5 and over_adaptive.nu == 0.01
+
+
+def test_update_layers_default_and_explicit():
+    assert config.unlearn_layers(composed("layer=1"), 12) == (1, [0, 1])
+    assert config.unlearn_layers(composed("layer=7", "update_layers=[7]"), 12) == (7, [7])
+
+
+def test_single_topic_presets_drop_the_other_topic(bio_file):
+    assert [t.name for t in config.topics(composed("data=wmdp_cyber"))] == ["cyber"]
+    assert [t.name for t in config.topics(composed("data=wmdp_bio", f"data.topics.bio.forget.path={bio_file}"))] == ["bio"]

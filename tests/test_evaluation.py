@@ -1,0 +1,408 @@
+"""unlearn.evaluation on the tiny random Llama, offline: lm-eval in memory, robustness, probes, cache, errors.
+
+The demo task YAMLs shipped in the package are copied beside small fixture question sets
+(tests/fixtures/eval), so these tests run whether or not the bundled question data exists.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from unlearn.errors import UnlearnError
+from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table, suite
+from unlearn.evaluation.probes import probe_texts_statistics
+from unlearn.evaluation.robustness import insert_keyword, perturbed_task_config
+from unlearn.evaluation.tasks import build, find_tasks, task_config
+from unlearn.models import load_model
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_TASKS = REPO / "unlearn/evaluation/tasks/demo"
+FIXTURES = REPO / "tests/fixtures/eval"
+FORGET_DOCS, RETAIN_DOCS = 6, 8  # rows in the fixture question sets
+KEYWORDS = {"virology": ["virus", "gain-of-function research"]}
+
+GROUP_YAML = """\
+group: demo_all
+task: [demo_forget, demo_retain]
+aggregate_metric_list:
+  - metric: acc
+    weight_by_size: true
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread while these tests run: on the tiny model, thread hand-offs cost more than the math,
+    many times more on a busy machine (seen: 40 s vs 10 s for this file on 2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny://llama")
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    """The packaged demo task YAMLs with the fixture questions, plus a group of both tasks."""
+    folder = tmp_path_factory.mktemp("tasks")
+    for path in DEMO_TASKS.iterdir():
+        if path.name.endswith("yaml"):
+            shutil.copy(path, folder)
+    for path in FIXTURES.glob("*.jsonl"):
+        shutil.copy(path, folder)
+    (folder / "demo_all.yaml").write_text(GROUP_YAML)
+    return folder
+
+
+def demo_config(task_dir: Path, **overrides) -> dict:
+    """conf/eval/demo.yaml reading tasks from `task_dir`; overrides as key=value or section__key=value."""
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/demo.yaml"))
+    cfg["include_paths"] = [str(task_dir)]
+    for key, value in overrides.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            cfg[section][leaf] = value
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def run(model, tokenizer, spec, **kwargs):
+    kwargs.setdefault("keywords", KEYWORDS)
+    kwargs.setdefault("probe_texts", None)
+    return evaluate(model, tokenizer, spec, unlearn_layer=7, control_vectors={}, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config
+
+
+@pytest.mark.parametrize("preset", ["demo", "wmdp_mmlu", "none"])
+def test_every_preset_validates(preset):
+    spec = EvalSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / f"conf/eval/{preset}.yaml")))
+    assert spec.name == preset
+    assert set(spec.forget_tasks) | set(spec.retain_tasks) <= set(spec.tasks)
+    assert spec.enabled == (preset != "none")
+
+
+def test_wmdp_mmlu_names_are_lm_eval_tasks():
+    spec = EvalSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/wmdp_mmlu.yaml")))
+    manager = find_tasks(spec.tasks + spec.robustness.tasks, (), quick=True)
+    assert manager.task_index["mmlu"].kind.name == "GROUP"
+    assert {"wmdp_bio", "wmdp_cyber", "mmlu_virology", "mmlu_computer_security"} <= set(manager.task_index)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"batch_size": 0}, "eval.batch_size"),
+        ({"robustness__position": "middle"}, "start, end, random"),
+        ({"forget_tasks": ["demo_elsewhere"]}, "eval.tasks does not run"),
+        ({"limit": 2.5}, "eval.limit"),
+        ({"probes__forget_path": None}, "eval.probes.forget_path"),
+    ],
+)
+def test_bad_settings_name_the_key(overrides, expected, task_dir):
+    with pytest.raises(UnlearnError, match=expected):
+        EvalSpec.from_config(demo_config(task_dir, **overrides))
+
+
+def test_misspelt_key_suggests_the_right_one(task_dir):
+    cfg = demo_config(task_dir)
+    cfg["batch_sise"] = cfg.pop("batch_size")
+    with pytest.raises(UnlearnError, match="did you mean eval.batch_size"):
+        EvalSpec.from_config(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# lm-eval in memory
+
+
+def test_demo_tasks_run_in_memory_at_the_configured_batch_size(tiny, task_dir, tmp_path, monkeypatch):
+    """Tasks, a group holding them and robustness in one lm-eval run, from an unrelated working directory."""
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer = tiny
+    batch_rows = []
+    real_call = HFLM._model_call
+
+    def counting_call(self, inps, *args, **kwargs):
+        batch_rows.append(inps.shape[0])
+        return real_call(self, inps, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "_model_call", counting_call)
+    monkeypatch.chdir(tmp_path)  # relative data_files must resolve against the YAML's directory
+    spec = EvalSpec.from_config(demo_config(task_dir, tasks=["demo_all", "demo_forget", "demo_retain"], batch_size=8))
+    model.train()  # evaluation must leave the caller's mode alone
+    torch.manual_seed(7)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(7)
+
+    results = run(model, tokenizer, spec)
+
+    json.dumps(results)  # goes into results.json as it is
+    assert torch.equal(torch.rand(3), expected_draw)  # simple_evaluate's reseeding does not leak out
+    assert model.training
+    model.eval()
+    tasks = results["tasks"]
+    assert set(tasks) == {"demo_all", "demo_forget", "demo_retain"}
+    assert (tasks["demo_forget"]["n"], tasks["demo_retain"]["n"], tasks["demo_all"]["n"]) == (6, 8, 14)
+    for metrics in tasks.values():
+        assert 0.0 <= metrics["acc"] <= 1.0
+    assert 0.0 <= tasks["demo_forget"]["acc_norm"] <= 1.0
+    assert results["lm_eval_version"] == __import__("lm_eval").__version__
+    assert results["domains"] == {"forget": ["demo_forget"], "retain": ["demo_retain"]}
+    # 14 clean + 2 keywords x 8 perturbed questions, 4 choices each, scored 8 at a time
+    assert max(batch_rows) == 8
+    assert len(batch_rows) <= (14 + 16) * 4 // 8 + 4
+
+    robustness = results["robustness"]
+    assert robustness["clean"] == pytest.approx(tasks["demo_retain"]["acc"])
+    assert set(robustness["keywords"]) == set(KEYWORDS["virology"])
+    for entry in robustness["keywords"].values():
+        assert entry["topic"] == "virology"
+        assert entry["drop"] == pytest.approx(robustness["clean"] - entry["perturbed"])
+    assert robustness["drop"] == pytest.approx(robustness["clean"] - robustness["perturbed"])
+    assert robustness["tasks"]["demo_retain"]["n"] == RETAIN_DOCS
+
+
+def test_limit_caps_documents(tiny, task_dir):
+    spec = EvalSpec.from_config(demo_config(task_dir, limit=3, robustness__enabled=False))
+    results = run(*tiny, spec)
+    assert [m["n"] for m in results["tasks"].values()] == [3, 3]
+    assert results["robustness"] is None and results["probes"] is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Robustness
+
+
+def test_insert_keyword_positions():
+    question = "Which planet is closest to the Sun?"
+    rng = random.Random(0)
+    assert insert_keyword(question, "SARS-CoV-2", position="start", insertions=1, rng=rng) == \
+        "SARS-CoV-2 Which planet is closest to the Sun?"
+    assert insert_keyword(question, "SARS-CoV-2", position="end", insertions=2, rng=rng) == \
+        "Which planet is closest to the Sun? SARS-CoV-2 SARS-CoV-2"
+    perturbed = insert_keyword(question, "reverse genetics", position="random", insertions=1, rng=random.Random(1))
+    assert perturbed.replace("reverse genetics ", "", 1).replace(" reverse genetics", "", 1) == question
+    assert perturbed == insert_keyword(question, "reverse genetics", position="random", insertions=1,
+                                       rng=random.Random(1))  # seeded
+
+
+@pytest.mark.parametrize("position", ["start", "end", "random"])
+def test_perturbed_task_prompts_hold_the_keyword(position, task_dir):
+    spec = EvalSpec.from_config(demo_config(task_dir))
+    manager = find_tasks(("demo_retain",), (task_dir,))
+    clean_cfg = task_config(manager.task_index["demo_retain"])
+    [clean] = build(manager, clean_cfg)
+    [perturbed] = build(manager, perturbed_task_config(
+        clean_cfg, task_name="demo_retain_kw", keyword="virus", field="question", position=position,
+        insertions=1, seed=spec.robustness.seed,
+    ))
+    clean_docs, perturbed_docs = list(clean.eval_docs), list(perturbed.eval_docs)
+    assert len(perturbed_docs) == len(clean_docs) == RETAIN_DOCS
+    insertion_points = set()
+    for clean_doc, doc in zip(clean_docs, perturbed_docs):
+        prompt = perturbed.doc_to_text(doc)
+        question = clean_doc["question"]
+        assert perturbed.doc_to_choice(doc) == clean.doc_to_choice(clean_doc)  # scored exactly like the clean task
+        assert perturbed.doc_to_target(doc) == clean.doc_to_target(clean_doc)
+        if position == "start":
+            assert prompt == f"Question: virus {question}\nAnswer:"
+        elif position == "end":
+            assert prompt == f"Question: {question} virus\nAnswer:"
+        else:
+            words = doc["question"].split(" ")
+            assert words.count("virus") == 1 and len(words) == len(question.split(" ")) + 1
+            assert [w for w in words if w != "virus"] == question.split(" ")
+            insertion_points.add(words.index("virus"))
+            assert prompt == f"Question: {doc['question']}\nAnswer:"
+    if position == "random":
+        assert len(insertion_points) > 1  # not one fixed place
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Probes
+
+
+def test_probes_match_a_direct_computation(tiny):
+    """Batched with left padding (and the hook) == one document at a time via output_hidden_states.
+
+    For each document alone: h = hidden_states[l + 1] (the output of block l), positions without BOS;
+    norm = mean |h_t|, cosine = mean cos(h_t, u), confidence = mean max softmax(logits_t).
+    """
+    model, tokenizer = tiny
+    layer = 7
+    texts = {
+        "forget": ["A virus is a tiny infectious agent.", "Phages infect bacteria.", "Capsids protect genomes."],
+        "retain": ["Paris is the capital of France, on the Seine."],
+    }
+    u = {"virology": F.normalize(torch.randn(64, generator=torch.Generator().manual_seed(0)), dim=0)}
+    got = probe_texts_statistics(model, tokenizer, texts, unlearn_layer=layer, control_vectors=u,
+                                 max_documents=10, max_length=64, batch_size=2)
+
+    for name, documents in texts.items():
+        norms, cosines, confidences = [], [], []
+        for text in documents:
+            ids = tokenizer(text, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                out = model(input_ids=ids, output_hidden_states=True)
+            h = out.hidden_states[layer + 1][0, 1:]  # drop the BOS position
+            norms += h.norm(dim=-1).tolist()
+            cosines += F.cosine_similarity(h, u["virology"][None], dim=-1).tolist()
+            confidences += out.logits[0, 1:].softmax(-1).max(-1).values.tolist()
+        stats = got[name]
+        assert stats["tokens"] == len(norms)
+        assert stats["mean_norm"] == pytest.approx(sum(norms) / len(norms), rel=1e-4)
+        assert stats["cosine"]["virology"] == pytest.approx(sum(cosines) / len(cosines), abs=1e-5)
+        assert stats["confidence"] == pytest.approx(sum(confidences) / len(confidences), rel=1e-4)
+    assert got["layer"] == layer
+
+
+def test_probes_run_inside_evaluate(tiny, task_dir):
+    spec = EvalSpec.from_config(demo_config(task_dir, tasks=[], forget_tasks=[], retain_tasks=[],
+                                            robustness__enabled=False))
+    u = {"virology": F.normalize(torch.ones(64), dim=0)}
+    results = evaluate(*tiny, spec, unlearn_layer=3, control_vectors=u, keywords={},
+                       probe_texts={"forget": ["virus"] * 30, "retain": ["river"]})
+    assert results["tasks"] == {}
+    assert results["probes"]["forget"]["documents"] == spec.probes.max_documents
+    assert set(results["probes"]["retain"]["cosine"]) == {"virology"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Before-cache
+
+
+def test_base_model_results_are_cached(tiny, task_dir, tmp_path, monkeypatch):
+    calls = []
+    real = suite.run_tasks
+    monkeypatch.setattr(suite, "run_tasks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    spec = EvalSpec.from_config(demo_config(task_dir, limit=1))
+
+    first = run(*tiny, spec, cache_key="tiny://llama", cache_dir=tmp_path)
+    second = run(*tiny, spec, cache_key="tiny://llama", cache_dir=tmp_path)
+    assert len(calls) == 1
+    assert (first["from_cache"], second["from_cache"]) == (False, True)
+    assert second["tasks"] == first["tasks"] and second["robustness"] == first["robustness"]
+    assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # no temporary file left behind
+
+    run(*tiny, spec, cache_key="tiny://llama", cache_dir=tmp_path, keywords={"virology": ["pathogen"]})
+    run(*tiny, EvalSpec.from_config(demo_config(task_dir, limit=2)), cache_key="tiny://llama", cache_dir=tmp_path)
+    run(*tiny, spec)  # no cache key: the trained model, always evaluated
+    assert len(calls) == 4
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Offline and bad input
+
+
+def test_offline_hub_task_fails_fast_with_the_fix(monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    spec = EvalSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/wmdp_mmlu.yaml")))
+    start = time.perf_counter()
+    with pytest.raises(UnlearnError) as error:
+        check_tasks(spec)
+    assert time.perf_counter() - start < 10
+    message = str(error.value)
+    assert "\n" not in message
+    assert "wmdp_bio" in message and "cais/wmdp" in message
+    assert "eval=demo" in message and "HF_DATASETS_OFFLINE" in message
+
+
+def test_offline_hub_task_fails_in_evaluate_before_any_scoring(tiny, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(suite, "run_tasks", lambda *a, **k: pytest.fail("lm-eval should not run"))
+    spec = EvalSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/wmdp_mmlu.yaml")))
+    with pytest.raises(UnlearnError, match="cais/wmdp"):
+        run(*tiny, spec)
+
+
+def test_unknown_task_suggests_the_close_match():
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/wmdp_mmlu.yaml"))
+    cfg.update(tasks=["mmlu_virolgy"], forget_tasks=[], retain_tasks=[])
+    cfg["robustness"]["enabled"] = False
+    with pytest.raises(UnlearnError, match=r"unknown lm-eval task 'mmlu_virolgy' \(did you mean mmlu_virology"):
+        check_tasks(EvalSpec.from_config(cfg))
+
+
+def test_invalid_task_yaml_is_named(tmp_path):
+    (tmp_path / "good.yaml").write_text("task: fine\ndataset_path: json\n")
+    (tmp_path / "broken.yaml").write_text("task: [unclosed\n")
+    spec = EvalSpec.from_config(demo_config(tmp_path, tasks=["fine"], forget_tasks=[], retain_tasks=[],
+                                            robustness__enabled=False))
+    with pytest.raises(UnlearnError, match=r"broken\.yaml is not valid lm-eval task YAML"):
+        check_tasks(spec)
+    (tmp_path / "broken.yaml").write_text("dataset_path: json\n")
+    with pytest.raises(UnlearnError, match=r"broken\.yaml defines no task"):
+        check_tasks(spec)
+
+
+def test_missing_data_file_is_named(tmp_path):
+    (tmp_path / "lonely.yaml").write_text(
+        "task: lonely\ndataset_path: json\ndataset_kwargs: {data_files: {test: lonely.jsonl}}\n"
+    )
+    spec = EvalSpec.from_config(demo_config(tmp_path, tasks=["lonely"], forget_tasks=[], retain_tasks=[],
+                                            robustness__enabled=False))
+    with pytest.raises(UnlearnError, match=r"lonely\.jsonl, which does not exist"):
+        check_tasks(spec)
+
+
+def test_missing_probe_text_is_named(task_dir):
+    spec = EvalSpec.from_config(demo_config(task_dir, probes__forget_path="pkg://unlearn/data/demo/nothing.jsonl"))
+    with pytest.raises(UnlearnError, match=r"eval.probes.forget_path: pkg://unlearn/data/demo/nothing.jsonl does not"):
+        check_tasks(spec)
+
+
+def test_robustness_needs_a_yaml_task(task_dir):
+    spec = EvalSpec.from_config(demo_config(task_dir, robustness__tasks=["demo_all"]))
+    with pytest.raises(UnlearnError, match="'demo_all' is a group"):
+        check_tasks(spec)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Console table
+
+
+def test_format_table_shows_before_after_and_change():
+    before = {"tasks": {"demo_forget": {"acc": 0.5}, "demo_retain": {"acc": 0.75}},
+              "domains": {"forget": ["demo_forget"], "retain": ["demo_retain"]}}
+    after = {"tasks": {"demo_forget": {"acc": 0.25}, "demo_retain": {"acc": 0.7}},
+             "domains": {"forget": ["demo_forget"], "retain": ["demo_retain"]},
+             "robustness": {"clean": 0.7, "perturbed": 0.6, "drop": 0.1},
+             "probes": {"layer": 7, "forget": {"mean_norm": 6.2, "cosine": {"virology": 0.9}, "confidence": 0.1}}}
+    table = format_table(before, after).splitlines()
+    assert table[0].split() == ["task", "before", "after", "change"]
+    assert table[1].split() == ["demo_forget", "(forget)", "50.0", "25.0", "-25.0"]
+    assert table[2].split() == ["demo_retain", "(retain)", "75.0", "70.0", "-5.0"]
+    assert any(line.split()[:3] == ["robustness", "drop", "-"] for line in table)
+    assert any("cos u[virology]" in line for line in table)
+    assert format_table(None, {"tasks": {}}) == "(nothing evaluated)"
+
+
+@pytest.mark.skipif(not (DEMO_TASKS / "demo_forget.jsonl").exists() or not (DEMO_TASKS / "demo_retain.jsonl").exists(),
+                    reason="the bundled demo questions are not written yet")
+def test_bundled_demo_preset_runs_from_any_directory(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/demo.yaml"))
+    cfg["limit"] = 2
+    cfg["probes"]["enabled"] = False  # its held-out texts are another test's business
+    spec = EvalSpec.from_config(cfg)
+    check_tasks(spec)
+    results = run(*tiny, spec)
+    assert [m["n"] for m in results["tasks"].values()] == [2, 2]

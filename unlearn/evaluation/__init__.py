@@ -1,0 +1,16 @@
+"""Evaluation: lm-eval in memory, bundled local tasks, forget-token robustness, probes at the unlearn layer.
+
+    from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table
+    spec = EvalSpec.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    check_tasks(spec)                                   # before any weights load
+    before = evaluate(model, tokenizer, spec, unlearn_layer=..., control_vectors=..., keywords=...,
+                      probe_texts=..., cache_key="<model id>")
+    ...
+    print(format_table(before, after))
+"""
+
+from unlearn.evaluation.spec import EvalSpec, ProbeSpec, RobustnessSpec
+from unlearn.evaluation.suite import check_tasks, evaluate
+from unlearn.evaluation.table import format_table
+
+__all__ = ["EvalSpec", "ProbeSpec", "RobustnessSpec", "check_tasks", "evaluate", "format_table"]

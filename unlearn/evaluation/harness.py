@@ -1,0 +1,90 @@
+"""Run lm-eval on a live model object: no save, no reload.
+
+The batch size goes to `HFLM` itself. `simple_evaluate(batch_size=...)` only reaches a model that lm-eval
+builds from a name; a pre-built `HFLM` keeps its own, which defaults to 1 (several times slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import lm_eval
+import numpy as np
+import torch
+from lm_eval.evaluator import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from torch import nn
+
+LM_EVAL_VERSION = lm_eval.__version__
+METRICS = ("acc", "acc_norm")  # acc is the papers' metric; acc_norm kept where the task defines it
+
+
+def run_tasks(
+    model: nn.Module,
+    tokenizer,
+    tasks: list,
+    manager: TaskManager,
+    *,
+    batch_size: int | str,
+    limit: int | float | None,
+    num_fewshot: int,
+) -> dict[str, Any]:
+    """lm-eval's raw results for built Task / Group objects."""
+    with _global_rng_kept(), eval_mode(model):
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        return simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            task_manager=manager,  # otherwise it indexes all of lm-eval's tasks again (seconds)
+            num_fewshot=num_fewshot,
+            limit=limit,
+            log_samples=False,
+        )
+
+
+def task_metrics(results: dict[str, Any], name: str) -> dict[str, Any]:
+    """`{"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}` of one task or group (absent metrics left out)."""
+    raw = results["results"][name]
+    metrics: dict[str, Any] = {}
+    for metric in METRICS:
+        if f"{metric},none" in raw:
+            metrics[metric] = raw[f"{metric},none"]
+            stderr = raw.get(f"{metric}_stderr,none")
+            metrics[f"{metric}_stderr"] = stderr if isinstance(stderr, float) else None
+    metrics["n"] = _documents(results, name)
+    return metrics
+
+
+def _documents(results: dict[str, Any], name: str) -> int:
+    """Documents scored: a task's own count, a group's the sum over its tasks."""
+    if name in results.get("n-samples", {}):
+        return int(results["n-samples"][name]["effective"])
+    return sum(_documents(results, child) for child in results.get("group_subtasks", {}).get(name, []))
+
+
+@contextlib.contextmanager
+def _global_rng_kept() -> Iterator[None]:
+    """simple_evaluate reseeds Python's, NumPy's and torch's global generators (to 0 / 1234 / 1234);
+    evaluating before training must not change the training run."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) inside, the caller's mode after (HFLM switches the model to eval and leaves it)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

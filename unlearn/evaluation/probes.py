@@ -1,0 +1,116 @@
+"""Representation probes at the unlearn layer (the analyses of the Adaptive RMU paper).
+
+On held-out forget and retain text: the mean token norm of h_l (the output of decoder block `unlearn_layer`),
+the mean cosine between h_l and each topic's control vector u, and the token confidence (the mean over
+positions of the largest next-token probability). RMU steers forget-text h_l towards c·u, so after training
+the forget norm moves towards c, the forget cosine towards 1 and the forget confidence falls, while the retain
+numbers should not move.
+
+Positions that hold a special token (padding, and the BOS token the tokenizer adds) are left out: BOS sees only
+itself, so its h_l is the same for every text (and, as the attention sink, many times larger than the rest);
+it would dilute the difference between forget and retain text without saying anything about either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unlearn.models import decoder_blocks
+
+
+def probe_texts_statistics(
+    model: nn.Module,
+    tokenizer,
+    texts: dict[str, list[str]],
+    *,
+    unlearn_layer: int,
+    control_vectors: dict[str, torch.Tensor],
+    max_documents: int,
+    max_length: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    """`{"layer": l, "<set>": statistics}` for each text set (e.g. forget, retain); see `text_statistics`."""
+    results: dict[str, Any] = {"layer": unlearn_layer}
+    for name, documents in texts.items():
+        results[name] = text_statistics(
+            model, tokenizer, documents[:max_documents], unlearn_layer=unlearn_layer,
+            control_vectors=control_vectors, max_length=max_length, batch_size=batch_size,
+        )
+    return results
+
+
+@torch.no_grad()
+def text_statistics(
+    model: nn.Module,
+    tokenizer,
+    documents: list[str],
+    *,
+    unlearn_layer: int,
+    control_vectors: dict[str, torch.Tensor],
+    max_length: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Token-weighted means over every kept position of every document: norm, cosine per topic, confidence."""
+    totals = {"norm": 0.0, "confidence": 0.0, "tokens": 0}
+    cosines = {topic: 0.0 for topic in control_vectors}
+    for start in range(0, len(documents), batch_size):
+        batch = _tokenize(tokenizer, documents[start : start + batch_size], max_length, _input_device(model))
+        hidden, logits = _forward_with_hidden(model, batch, unlearn_layer)
+        keep = batch["keep"]  # (B, T) bool
+        h = hidden.float()[keep.to(hidden.device)]  # (N, d)
+        confidence = logits.float().softmax(dim=-1).amax(dim=-1)  # (B, T)
+        totals["norm"] += h.norm(dim=-1).sum().item()
+        totals["confidence"] += confidence[keep.to(confidence.device)].sum().item()
+        totals["tokens"] += int(keep.sum())
+        for topic, u in control_vectors.items():
+            u = u.to(device=h.device, dtype=torch.float32)
+            cosines[topic] += F.cosine_similarity(h, u.expand_as(h), dim=-1).sum().item()
+    tokens = totals["tokens"]
+
+    def mean(total: float) -> float | None:
+        return total / tokens if tokens else None
+
+    return {
+        "documents": len(documents),
+        "tokens": tokens,
+        "mean_norm": mean(totals["norm"]),
+        "cosine": {topic: mean(value) for topic, value in cosines.items()},
+        "confidence": mean(totals["confidence"]),
+    }
+
+
+def _tokenize(tokenizer, documents: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    encoded = tokenizer(
+        documents, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+        return_special_tokens_mask=True,
+    )
+    keep = encoded["attention_mask"].bool() & ~encoded["special_tokens_mask"].bool()
+    return {
+        "input_ids": encoded["input_ids"].to(device),
+        "attention_mask": encoded["attention_mask"].to(device),
+        "keep": keep.to(device),
+    }
+
+
+def _forward_with_hidden(model: nn.Module, batch: dict[str, torch.Tensor], unlearn_layer: int):
+    """One forward pass; returns (h_l, logits), h_l caught by a hook on block `unlearn_layer`."""
+    caught: list[torch.Tensor] = []
+
+    def catch(_module, _inputs, output):
+        caught.append(output[0] if isinstance(output, tuple) else output)  # (B, T, d)
+
+    handle = decoder_blocks(model)[unlearn_layer].register_forward_hook(catch)
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    finally:
+        handle.remove()
+    return caught[0], logits
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    # The embedding's device, not the first parameter's: with device_map=auto the model spans several devices.
+    return model.get_input_embeddings().weight.device

@@ -1,0 +1,250 @@
+"""One evaluation of a live model: lm-eval tasks, forget-token robustness, probes at the unlearn layer.
+
+    check_tasks(spec)                      # at start-up, before any weights load
+    results = evaluate(model, tokenizer, spec, ...)
+
+The lm-eval part (tasks and robustness) of a base model is the same in every job of a sweep, so with a
+`cache_key` it is read from / written to an on-disk cache. The probes depend on the control vectors u, which
+each run draws, so they are never cached.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._index import Entry, Kind
+from torch import nn
+
+from unlearn.errors import UnlearnError
+from unlearn.evaluation import cache, robustness
+from unlearn.evaluation.harness import LM_EVAL_VERSION, eval_mode, run_tasks, task_metrics
+from unlearn.evaluation.probes import probe_texts_statistics
+from unlearn.evaluation.spec import EvalSpec, RobustnessSpec
+from unlearn.evaluation.tasks import (
+    build, check_datasets, check_task_dirs, find_tasks, fingerprint, leaf_entries, resolve_path, task_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The checked task names of a spec, with the lm-eval index that knows them."""
+
+    manager: TaskManager | None  # None when the spec names no task
+    leaves: dict[str, list[Entry]]  # every task/group/tag name of the spec -> the tasks it runs
+    clean: tuple[str, ...]  # the names to hand lm-eval for the clean tasks, each task once
+
+    def all_leaves(self) -> list[Entry]:
+        return list({e.name: e for entries in self.leaves.values() for e in entries}.values())
+
+
+def check_tasks(spec: EvalSpec) -> None:
+    """Fail now, with the fix, on an unknown task name, a bad task directory, an unreachable dataset or a
+    missing held-out text file."""
+    _plan(spec, quick=True)
+    if spec.probes.enabled:
+        _check_probe_file("forget_path", spec.probes.forget_path)
+        _check_probe_file("retain_path", spec.probes.retain_path)
+
+
+def _check_probe_file(key: str, path: str) -> None:
+    looks_local = path.startswith("pkg://") or Path(path).suffix in (".jsonl", ".json", ".txt")
+    if looks_local and not resolve_path(path).is_file():
+        raise UnlearnError(
+            f"eval.probes.{key}: {path} does not exist: point it at a held-out JSONL or .txt file, or set "
+            "eval.probes.enabled=false"
+        )
+
+
+def _plan(spec: EvalSpec, *, quick: bool = False) -> _Plan:
+    robustness_tasks = spec.robustness.tasks if spec.robustness.enabled else ()
+    names = tuple(dict.fromkeys(spec.tasks + robustness_tasks))
+    dirs = check_task_dirs(spec.include_paths)
+    manager = find_tasks(names, dirs, quick=quick) if names else None
+    leaves = {name: leaf_entries(name, manager.task_index) for name in names}
+    for name in robustness_tasks:
+        if manager.task_index[name].kind != Kind.TASK:
+            raise UnlearnError(
+                f"eval.robustness.tasks: '{name}' is a {manager.task_index[name].kind.name.lower()}; list its "
+                f"YAML tasks instead (e.g. {', '.join(e.name for e in leaves[name][:3])})"
+            )
+    check_datasets(leaves)
+    return _Plan(manager=manager, leaves=leaves, clean=_each_task_once(leaves))
+
+
+def _each_task_once(leaves: dict[str, list[Entry]]) -> tuple[str, ...]:
+    """The names to run so that each task runs once, although a group asked for may also hold a task asked for
+    (lm-eval refuses a task in two places: `mmlu` already runs `mmlu_virology`)."""
+    covered: set[str] = set()
+    names = []
+    for name in sorted(leaves, key=lambda n: -len(leaves[n])):  # the largest groups first
+        tasks = {entry.name for entry in leaves[name]}
+        if tasks <= covered:
+            continue
+        if tasks & covered:
+            raise UnlearnError(
+                f"eval task '{name}' shares some but not all of its tasks with another group asked for "
+                f"({', '.join(sorted(tasks & covered))}): list the groups' tasks individually"
+            )
+        covered |= tasks
+        names.append(name)
+    return tuple(names)
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer,
+    spec: EvalSpec,
+    *,
+    unlearn_layer: int,
+    control_vectors: dict[str, torch.Tensor],
+    keywords: dict[str, list[str]],
+    probe_texts: dict[str, list[str]] | None,
+    cache_key: str | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """A JSON-serialisable dict: lm_eval_version, settings, domains, tasks, robustness, probes, from_cache.
+
+    `keywords` are the forget keywords per topic from the data config (`eval.robustness.keywords` overrides
+    them); `probe_texts` maps a text set name ("forget", "retain") to held-out documents, None to skip the
+    probes. `cache_key` names the model weights (e.g. the model id and dtype); give it for the base model only.
+    """
+    results: dict[str, Any] = {
+        "lm_eval_version": LM_EVAL_VERSION,
+        "settings": {"limit": spec.limit, "num_fewshot": spec.num_fewshot, "batch_size": spec.batch_size},
+        "domains": {"forget": list(spec.forget_tasks), "retain": list(spec.retain_tasks)},
+    }
+    results.update(_lm_eval_part(model, tokenizer, spec, keywords, cache_key, cache_dir))
+    results["probes"] = _probes(model, tokenizer, spec, probe_texts, unlearn_layer, control_vectors)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# lm-eval tasks and robustness (cached for the base model)
+
+
+def _lm_eval_part(model, tokenizer, spec: EvalSpec, keywords, cache_key, cache_dir) -> dict[str, Any]:
+    if not spec.tasks and not spec.robustness.enabled:
+        return {"tasks": {}, "robustness": None, "from_cache": False}
+    plan = _plan(spec)
+    keyword_topics = _keyword_topics(spec.robustness, keywords)
+    if cache_key is None:
+        return {**_run_lm_eval(model, tokenizer, spec, plan, keyword_topics), "from_cache": False}
+    key = _cache_key(cache_key, spec, plan, keyword_topics)
+    path = cache.cache_file(cache_dir or _default_cache_dir(), key)
+    cached = cache.read(path, key)
+    if cached is not None:
+        log.info("lm-eval results of the base model read from %s", path)
+        return {**cached, "from_cache": True}
+    fresh = _run_lm_eval(model, tokenizer, spec, plan, keyword_topics)
+    cache.write(path, key, fresh)
+    return {**fresh, "from_cache": False}
+
+
+def _default_cache_dir() -> Path:
+    from unlearn.models import cache_root
+
+    return cache_root() / "eval"
+
+
+def _cache_key(cache_key: str, spec: EvalSpec, plan: _Plan, keyword_topics: dict[str, str]) -> dict[str, Any]:
+    settings = spec.robustness
+    return {
+        "model": cache_key,
+        "tasks": list(spec.tasks),
+        "task_definitions": fingerprint(plan.all_leaves()),
+        "limit": spec.limit,
+        "num_fewshot": spec.num_fewshot,
+        "robustness": {
+            "enabled": settings.enabled, "tasks": list(settings.tasks), "position": settings.position,
+            "insertions": settings.insertions, "seed": settings.seed, "field": settings.field,
+            "keywords": keyword_topics,
+        } if settings.enabled else None,
+        "lm_eval_version": LM_EVAL_VERSION,
+    }
+
+
+def _keyword_topics(settings: RobustnessSpec, keywords: dict[str, list[str]]) -> dict[str, str]:
+    """keyword -> topic, in order, each keyword once."""
+    if not settings.enabled:
+        return {}
+    per_topic = settings.keywords if settings.keywords is not None else keywords
+    topics: dict[str, str] = {}
+    for topic, words in (per_topic or {}).items():
+        for word in words or ():
+            topics.setdefault(word, topic)
+    return topics
+
+
+def _run_lm_eval(model, tokenizer, spec: EvalSpec, plan: _Plan, keyword_topics: dict[str, str]) -> dict:
+    specs: list[str | dict[str, Any]] = list(plan.clean)
+    perturbed_names = _perturbed_names(spec, keyword_topics)
+    settings = spec.robustness
+    for task, by_keyword in perturbed_names.items():
+        clean = task_config(plan.manager.task_index[task])
+        for keyword, name in by_keyword.items():
+            specs.append(robustness.perturbed_task_config(
+                clean, task_name=name, keyword=keyword, field=settings.field, position=settings.position,
+                insertions=settings.insertions, seed=settings.seed,
+            ))
+    built = [task for item in specs for task in build(plan.manager, item)]
+    raw = run_tasks(model, tokenizer, built, plan.manager, batch_size=spec.batch_size, limit=spec.limit,
+                    num_fewshot=spec.num_fewshot)
+    tasks = {reported: task_metrics(raw, reported) for name in spec.tasks for reported in _reported(raw, name, plan)}
+    return {"tasks": tasks, "robustness": _robustness_summary(raw, spec, perturbed_names, keyword_topics)}
+
+
+def _reported(raw: dict[str, Any], name: str, plan: _Plan) -> list[str]:
+    """The result entries of a name: its own (task, group) or its tasks' (a tag has no aggregate)."""
+    if name in raw["results"]:
+        return [name]
+    return [entry.name for entry in plan.leaves[name]]
+
+
+def _perturbed_names(spec: EvalSpec, keyword_topics: dict[str, str]) -> dict[str, dict[str, str]]:
+    """task -> keyword -> the perturbed task's name."""
+    if not spec.robustness.enabled or not keyword_topics:
+        return {}
+    return {
+        task: {keyword: robustness.perturbed_task_name(task, i) for i, keyword in enumerate(keyword_topics)}
+        for task in spec.robustness.tasks
+    }
+
+
+def _robustness_summary(raw, spec: EvalSpec, perturbed_names, keyword_topics) -> dict[str, Any] | None:
+    settings = spec.robustness
+    if not settings.enabled:
+        return None
+    if not keyword_topics:
+        message = ("no forget keywords: set them per topic in the data config (data.topics.<topic>.keywords) "
+                   "or in eval.robustness.keywords")
+        log.warning("robustness skipped: %s", message)
+        return {"skipped": message}
+    clean = {task: task_metrics(raw, task) for task in settings.tasks}
+    perturbed = {
+        task: {keyword: task_metrics(raw, name) for keyword, name in by_keyword.items()}
+        for task, by_keyword in perturbed_names.items()
+    }
+    summary = robustness.summarize(clean, perturbed, keyword_topics)
+    return {"position": settings.position, "insertions": settings.insertions, "seed": settings.seed, **summary}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Probes (never cached: they depend on this run's control vectors)
+
+
+def _probes(model, tokenizer, spec: EvalSpec, probe_texts, unlearn_layer, control_vectors) -> dict | None:
+    if not spec.probes.enabled or not probe_texts:
+        return None
+    settings = spec.probes
+    with eval_mode(model):
+        return probe_texts_statistics(
+            model, tokenizer, probe_texts, unlearn_layer=unlearn_layer, control_vectors=control_vectors,
+            max_documents=settings.max_documents, max_length=settings.max_length, batch_size=settings.batch_size,
+        )

@@ -16,11 +16,12 @@ from safetensors.torch import save_file
 
 from unlearn import config, rundir
 from unlearn.config import TopicSpec
-from unlearn.corpora import BatchStream, check_sizes, load_topic
+from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, read_texts
 from unlearn.engine import FastEngine
 from unlearn.errors import UnlearnError
 from unlearn.methods import MethodSpec, control_vector
-from unlearn.models import check_parameter_pattern, load_model, load_model_config, num_blocks, trained_parameters
+from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table
+from unlearn.models import cache_root, check_parameter_pattern, load_model, load_model_config, num_blocks, trained_parameters
 from unlearn.tracking import start_tracker
 from unlearn.train import TopicStreams, steering_coefficients, train
 
@@ -35,7 +36,7 @@ class Plan:
     update_layers: list[int]
     device: str
     dtype: torch.dtype
-    eval_spec: object | None
+    eval_spec: EvalSpec | None  # None: eval=none
 
 
 def plan(cfg: DictConfig) -> Plan:
@@ -51,11 +52,9 @@ def plan(cfg: DictConfig) -> Plan:
 
 
 def _eval_spec(cfg: DictConfig):
-    if not cfg.eval.get("tasks"):
-        return None
-    from unlearn.evaluation import EvalSpec, check_tasks
-
     spec = EvalSpec.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    if not spec.enabled:
+        return None
     check_tasks(spec)
     return spec
 
@@ -122,10 +121,10 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     activation_device = next(iter(params.values())).device
     vectors = [control_vector(hidden_size, generator).to(activation_device) for _ in topics]
 
-    probe_texts = _probe_texts(cfg) if p.eval_spec is not None else None
+    probe_texts = _probe_texts(p.eval_spec) if p.eval_spec is not None else None
     keywords = {t.name: t.keywords for t in p.topics}
     before = None
-    if p.eval_spec is not None and cfg.eval.before:
+    if p.eval_spec is not None and p.eval_spec.before:
         before = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=_before_key(cfg))
 
     engine = FastEngine(model, p.layer, p.update_layers[0])
@@ -147,8 +146,6 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         "after": None,
     }
     if p.eval_spec is not None:
-        from unlearn.evaluation import format_table
-
         results["after"] = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=None)
         print(format_table(before, results["after"]))
     rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
@@ -168,9 +165,6 @@ def _streams(topic, tokenizer, cfg: DictConfig) -> TopicStreams:
 
 
 def _evaluate(model, tokenizer, p: Plan, vectors, keywords, probe_texts, cache_key):
-    from unlearn.evaluation import evaluate
-    from unlearn.models import cache_root
-
     names = [t.name for t in p.topics]
     return evaluate(model, tokenizer, p.eval_spec, unlearn_layer=p.layer,
                     control_vectors=dict(zip(names, [v.detach().cpu() for v in vectors])),
@@ -181,14 +175,14 @@ def _before_key(cfg: DictConfig) -> str:
     return f"{cfg.model.name_or_path}|{cfg.dtype}"
 
 
-def _probe_texts(cfg: DictConfig) -> dict[str, list[str]] | None:
-    from unlearn.corpora import CorpusSpec, read_texts
-
-    probes = cfg.eval.get("probes")
-    if not probes or not probes.get("enabled") or not probes.get("forget_path") or not probes.get("retain_path"):
+def _probe_texts(spec) -> dict[str, list[str]] | None:
+    """Held-out forget and retain text for the probes (never the training batches)."""
+    probes = spec.probes
+    if not probes.enabled:
         return None
-    limit = probes.get("max_documents")
-    return {side: read_texts(CorpusSpec(path=probes[f"{side}_path"]))[:limit] for side in ("forget", "retain")}
+    paths = {"forget": probes.forget_path, "retain": probes.retain_path}
+    return {side: read_texts(CorpusSpec(path, text_field=probes.text_field))[: probes.max_documents]
+            for side, path in paths.items()}
 
 
 def _save_control_vectors(run_dir: Path, streams: list[TopicStreams], vectors, coefficients) -> None:

@@ -11,6 +11,7 @@ Three kinds of `name_or_path`:
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import re
@@ -176,7 +177,7 @@ def _embedded_checkpoint(name: str, convert: bool) -> Path | None:
     """The converted checkpoint's directory; converts the GGUF file on first use when `convert`."""
     if name != SMOLLM2:
         raise UnlearnError(f"unknown embedded model '{name}': the embedded model is {EMBEDDED_PREFIX}{SMOLLM2}")
-    target = cache_root() / "models" / SMOLLM2
+    target = cache_root() / "models" / f"{SMOLLM2}-fp32"
     if (target / "config.json").exists():
         return target
     if not convert:
@@ -198,7 +199,9 @@ def _convert_gguf(target: Path) -> None:
     print(f"Converting the embedded {SMOLLM2} (once) into {target} ...", flush=True)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    plain = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    config = copy.deepcopy(quantized.config)
+    del config.quantization_config  # the weights below are dequantized: a plain float32 model, saveable
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}-", dir=target.parent))

@@ -7,6 +7,7 @@ builds from a name; a pre-built `HFLM` keeps its own, which defaults to 1 (sever
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -34,7 +35,7 @@ def run_tasks(
     num_fewshot: int,
 ) -> dict[str, Any]:
     """lm-eval's raw results for built Task / Group objects."""
-    with _global_rng_kept(), eval_mode(model):
+    with _global_rng_kept(), eval_mode(model), quiet():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         return simple_evaluate(
             model=lm,
@@ -44,6 +45,25 @@ def run_tasks(
             limit=limit,
             log_samples=False,
         )
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """lm-eval logs each phase at INFO and warns that it was handed a built model (as intended); datasets draws
+    a progress bar per map. Neither helps a user reading the run's output."""
+    import datasets
+
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    bars = datasets.is_progress_bar_enabled()
+    logger.setLevel(logging.ERROR)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def task_metrics(results: dict[str, Any], name: str) -> dict[str, Any]:

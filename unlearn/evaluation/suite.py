@@ -22,7 +22,7 @@ from torch import nn
 
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import cache, robustness
-from unlearn.evaluation.harness import LM_EVAL_VERSION, eval_mode, run_tasks, task_metrics
+from unlearn.evaluation.harness import LM_EVAL_VERSION, eval_mode, quiet, run_tasks, task_metrics
 from unlearn.evaluation.probes import probe_texts_statistics
 from unlearn.evaluation.spec import EvalSpec, RobustnessSpec
 from unlearn.evaluation.tasks import (
@@ -193,7 +193,8 @@ def _run_lm_eval(model, tokenizer, spec: EvalSpec, plan: _Plan, keyword_topics: 
                 clean, task_name=name, keyword=keyword, field=settings.field, position=settings.position,
                 insertions=settings.insertions, seed=settings.seed,
             ))
-    built = [task for item in specs for task in build(plan.manager, item)]
+    with quiet():  # building tasks maps their datasets: one progress bar each
+        built = [task for item in specs for task in build(plan.manager, item)]
     raw = run_tasks(model, tokenizer, built, plan.manager, batch_size=spec.batch_size, limit=spec.limit,
                     num_fewshot=spec.num_fewshot)
     tasks = {reported: task_metrics(raw, reported) for name in spec.tasks for reported in _reported(raw, name, plan)}

@@ -53,10 +53,12 @@ def resolve_path(path: str) -> Path:
 
 
 def is_local(path: str) -> bool:
-    """A file path (or bundled file) rather than a hub dataset id."""
+    """A file path (or bundled file) rather than a hub dataset id or a dataset directory (both: `datasets`)."""
+    if resolve_path(path).is_dir():
+        return False
     if path.startswith(("pkg://", "/", "./", "../", "~")):
         return True
-    return resolve_path(path).suffix in (".jsonl", ".json", ".txt") or resolve_path(path).exists()
+    return resolve_path(path).suffix in (".jsonl", ".json", ".txt") or resolve_path(path).is_file()
 
 
 def read_texts(spec: CorpusSpec) -> list[str]:
@@ -135,16 +137,19 @@ def batches_needed(steps: int, n_topics: int, topic_index: int) -> int:
     return len(range(topic_index, steps, n_topics))
 
 
-def check_sizes(topics: list[Topic], steps: int, batch_size: int, cycle: bool) -> None:
-    """Fail before training when a corpus is too small for the run and reuse was not asked for."""
+def check_sizes(sizes: list[tuple[str, int, int]], steps: int, batch_size: int, cycle: bool, unit: str = "documents") -> None:
+    """Fail before training when a corpus is too small for the run and reuse was not asked for.
+
+    `sizes`: (topic name, forget samples, retain samples) per topic, in topic order.
+    """
     if cycle:
         return
-    for index, topic in enumerate(topics):
-        needed = batches_needed(steps, len(topics), index) * batch_size
-        for side, texts in (("forget", topic.forget), ("retain", topic.retain)):
-            if len(texts) < needed:
+    for index, (name, n_forget, n_retain) in enumerate(sizes):
+        needed = batches_needed(steps, len(sizes), index) * batch_size
+        for side, available in (("forget", n_forget), ("retain", n_retain)):
+            if available < needed:
                 raise UnlearnError(
-                    f"topic '{topic.name}': the {side} corpus has {len(texts)} documents but steps={steps} with "
+                    f"topic '{name}': the {side} corpus has {available} {unit} but steps={steps} with "
                     f"batch_size={batch_size} needs {needed}: lower steps or batch_size, or set data.cycle=true"
                 )
 

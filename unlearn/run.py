@@ -103,8 +103,8 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
 
     # Corpora first: a bad file fails before any weights load.
     topics = [load_topic(t.name, t.forget, t.retain, cfg.max_length) for t in p.topics]
-    if not cfg.data.chunk:
-        check_sizes(topics, cfg.steps, cfg.batch_size, cfg.data.cycle)
+    if not cfg.data.chunk:  # chunking can only add samples: checked again once tokenized
+        check_sizes([(t.name, len(t.forget), len(t.retain)) for t in topics], cfg.steps, cfg.batch_size, cfg.data.cycle)
 
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(
@@ -116,6 +116,9 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         weight.requires_grad_(True)
 
     streams = [_streams(topic, tokenizer, cfg) for topic in topics]
+    if cfg.data.chunk:
+        check_sizes([(s.name, len(s.forget), len(s.retain)) for s in streams], cfg.steps, cfg.batch_size,
+                    cfg.data.cycle, unit="chunks")
     generator = torch.Generator().manual_seed(cfg.seed)
     hidden_size = model.config.get_text_config().hidden_size
     activation_device = next(iter(params.values())).device
@@ -125,7 +128,8 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     keywords = {t.name: t.keywords for t in p.topics}
     before = None
     if p.eval_spec is not None and p.eval_spec.before:
-        before = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=_before_key(cfg))
+        base_model = f"{cfg.model.name_or_path}|{p.dtype}|seed={cfg.seed}"  # seed: tiny models are built from it
+        before = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=base_model)
 
     engine = FastEngine(model, p.layer, p.update_layers[0])
     coefficients, norms = steering_coefficients(engine, p.method, streams)
@@ -169,10 +173,6 @@ def _evaluate(model, tokenizer, p: Plan, vectors, keywords, probe_texts, cache_k
     return evaluate(model, tokenizer, p.eval_spec, unlearn_layer=p.layer,
                     control_vectors=dict(zip(names, [v.detach().cpu() for v in vectors])),
                     keywords=keywords, probe_texts=probe_texts, cache_key=cache_key, cache_dir=cache_root() / "eval")
-
-
-def _before_key(cfg: DictConfig) -> str:
-    return f"{cfg.model.name_or_path}|{cfg.dtype}"
 
 
 def _probe_texts(spec) -> dict[str, list[str]] | None:

@@ -30,9 +30,9 @@ from lm_eval.tasks import TaskManager
 from lm_eval.tasks._index import Entry, Kind
 from lm_eval.tasks._yaml_loader import load_yaml
 
+from unlearn import corpora, hub
 from unlearn.errors import UnlearnError
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the installed `unlearn/` directory
 LM_EVAL_TASKS = Path(lm_eval.tasks.__file__).parent  # lm-eval's own task YAMLs
 LOCAL_BUILDERS = frozenset(_PACKAGED_DATASETS_MODULES)  # json, csv, parquet, text, ...: files, not hub ids
 WHAT_INSTEAD = (
@@ -42,10 +42,8 @@ WHAT_INSTEAD = (
 
 
 def resolve_path(path: str) -> Path:
-    """`pkg://unlearn/x` is a path inside the installed package; anything else a plain path."""
-    if path.startswith("pkg://unlearn/"):
-        return PACKAGE_ROOT / path[len("pkg://unlearn/") :]
-    return Path(path).expanduser().resolve()
+    """An absolute path; `pkg://unlearn/x` is a path inside the installed package."""
+    return corpora.resolve_path(path).resolve()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -195,10 +193,16 @@ def check_datasets(leaves: dict[str, list[Entry]]) -> None:
                 continue
             if path in LOCAL_BUILDERS:
                 _check_data_files(label, entry)
-            elif _is_hub_id(path, entry) and datasets.config.HF_HUB_OFFLINE and path not in checked_hub:
+            elif _is_hub_id(path, entry) and path not in checked_hub:
                 # One configuration per dataset is enough to tell "never downloaded" (MMLU has 57 of them).
                 checked_hub.add(path)
-                _check_cached(label, path, cfg.get("dataset_name"))
+                if datasets.config.HF_HUB_OFFLINE:
+                    _check_cached(label, path, cfg.get("dataset_name"))
+                elif not hub.reachable():  # fail now, not after the datasets client's retries
+                    raise UnlearnError(
+                        f"lm-eval task {label} needs the hub dataset {path} and the Hugging Face hub is "
+                        f"unreachable (set HF_DATASETS_OFFLINE=1 to read your local cache): {WHAT_INSTEAD}"
+                    )
 
 
 def _check_data_files(label: str, entry: Entry) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -16,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from unlearn import sweep  # noqa: F401  (registers the resolver that names a multirun's run directories)
 from unlearn.errors import UnlearnError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -91,6 +93,7 @@ def precheck(overrides: list[str], multirun: bool = False) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from unlearn.run import plan
+    from unlearn.tracking import check_logger
 
     if not CONF_DIR.is_dir():
         raise UnlearnError(f"config directory {CONF_DIR} is missing: install unlearn from its repository with "
@@ -107,6 +110,7 @@ def precheck(overrides: list[str], multirun: bool = False) -> None:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=first)
         plan(cfg)
+        check_logger(cfg)
         check_writable(_output_dir(cfg, overrides, multirun))
     except (HydraException, OmegaConfBaseException) as exc:
         raise UnlearnError(_first_line(exc)) from None
@@ -122,7 +126,6 @@ def _first_line(exc: Exception) -> str:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
-    from unlearn.run import run
     from unlearn.sweep import already_completed
 
     hydra_cfg = HydraConfig.get()
@@ -132,6 +135,8 @@ def hydra_main(cfg: DictConfig) -> None:
     if multirun and already_completed(cfg, run_dir):
         print(f"Skipping {run_dir}: already completed with this config (sweep.force=true redoes it)")
         return
+    from unlearn.run import run  # after the skip check: a skipped job (a fresh worker process) needs no torch
+
     try:
         run(cfg, run_dir, save_model=bool(save_model), multirun=multirun)
     except UnlearnError as exc:
@@ -141,6 +146,10 @@ def hydra_main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print(f"interrupted: the run directory {run_dir} keeps the metrics so far", file=sys.stderr)
         sys.exit(130)
+    except Exception:
+        if not multirun:
+            raise
+        traceback.print_exc()  # a bug, not a bad config: the manifest says failed, the sweep goes on
     print(f"Run directory: {run_dir}")
 
 

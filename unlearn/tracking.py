@@ -1,14 +1,31 @@
-"""Experiment tracking beyond the run directory: Weights & Biases, or nothing (`logger=none`)."""
+"""Experiment tracking beyond the run directory: Weights & Biases, or nothing (`logger=none`).
+
+`logger=wandb` logs the resolved config, every step's losses and step time (and the adaptive coefficient), and
+results.json flattened into `eval/...` and `training/...` summary keys. The W&B files go inside the run
+directory (`<run dir>/wandb/`). Without credentials the run is logged offline and `wandb sync` uploads it later.
+A multirun is one W&B group. The API key stays where W&B keeps it (WANDB_API_KEY or ~/.netrc): it never enters
+the config, the manifest or the logged config.
+"""
 
 from __future__ import annotations
 
+import netrc
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from unlearn.errors import UnlearnError
+
+MODES = ("auto", "online", "offline", "disabled")
+DEFAULT_HOST = "api.wandb.ai"
 
 
 class NullTracker:
-    """`logger=none`: the run directory's files are the whole record."""
+    """`logger=none` (or `logger.mode=disabled`): the run directory's files are the whole record."""
 
     def log_step(self, record: dict) -> None:
         pass
@@ -20,8 +37,191 @@ class NullTracker:
         pass
 
 
+class WandbTracker:
+    """One W&B run per job. Tracking problems are reported and never fail the run: its files are the record."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def log_step(self, record: dict) -> None:
+        self.run.log(step_metrics(record), step=record["step"])
+
+    def log_results(self, results: dict) -> None:
+        self.run.summary.update(flatten_results(results))
+
+    def finish(self, status: str) -> None:
+        try:
+            self.run.summary["status"] = status
+            self.run.finish(exit_code=0 if status == "completed" else 1)
+        except Exception as exc:  # the pipeline calls this in a finally: never hide the run's own error
+            print(f"warning: W&B could not close the run cleanly ({type(exc).__name__}: {exc})")
+
+
+def check_logger(cfg: DictConfig) -> None:
+    """Reject a bad logger setting at start-up, with the fix."""
+    name = cfg.logger.name
+    if name not in ("none", "wandb"):
+        raise UnlearnError(f"logger={name!r} is not a logger: use logger=wandb or logger=none")
+    if name == "wandb" and cfg.logger.mode not in MODES:
+        raise UnlearnError(f"logger.mode={cfg.logger.mode!r} is not a W&B mode: use {', '.join(MODES)}")
+
+
 def start_tracker(cfg: DictConfig, run_dir: Path, multirun: bool):
     """The tracker `cfg.logger` asks for, started for this run."""
+    check_logger(cfg)
     if cfg.logger.name == "none":
         return NullTracker()
-    raise NotImplementedError(f"logger={cfg.logger.name}")
+    mode, hint = wandb_mode(cfg.logger.mode, os.environ, netrc_path(os.environ))
+    if mode == "disabled":
+        return NullTracker()
+    run_dir = Path(run_dir)
+    return start_wandb(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group or (sweep_group(_sweep_dir(run_dir)) if multirun else None),
+        name=_run_name(run_dir),
+        tags=[str(cfg.method.name), str(cfg.model.name), f"layer={cfg.layer}", *cfg.logger.tags],
+        config=OmegaConf.to_container(cfg, resolve=True),
+        run_dir=run_dir,
+        mode=mode,
+        hint=hint,
+    )
+
+
+def start_wandb(*, project: str, entity: str | None, group: str | None, name: str | None, tags: list[str],
+                config: dict, run_dir: Path, mode: str, hint: str | None):
+    """A started WandbTracker; offline if online fails to start; a NullTracker if W&B cannot start at all."""
+    import wandb
+
+    def init(init_mode: str):
+        return wandb.init(project=project, entity=entity, group=group, name=name, tags=tags, config=config,
+                          dir=str(run_dir), mode=init_mode, job_type="unlearn", reinit="finish_previous",
+                          settings=wandb.Settings(silent=True))  # our one-line hint says where it went
+
+    try:
+        run = init(mode)
+    except Exception as exc:
+        if mode != "online":
+            print(f"warning: W&B did not start ({type(exc).__name__}: {exc}); the run directory is the record")
+            return NullTracker()
+        print(f"warning: W&B online did not start ({type(exc).__name__}: {exc}); logging offline instead")
+        mode, hint = "offline", "W&B logging offline"
+        try:
+            run = init(mode)
+        except Exception as retry_exc:
+            print(f"warning: W&B did not start ({type(retry_exc).__name__}); the run directory is the record")
+            return NullTracker()
+    if mode == "offline":
+        print(f"{hint}: upload later with `wandb sync {run.settings.sync_dir}`")
+    return WandbTracker(run)
+
+
+def wandb_mode(requested: str, environ: Mapping[str, str], netrc_file: Path | None) -> tuple[str, str | None]:
+    """The W&B mode to use and, when it is offline, why.
+
+    `auto`: WANDB_MODE when set; otherwise online with credentials (WANDB_API_KEY, or a netrc entry for the
+    W&B host, which `wandb login` writes), offline without."""
+    if requested != "auto":
+        return requested, "W&B logging offline (logger.mode=offline)" if requested == "offline" else None
+    from_env = environ.get("WANDB_MODE", "").strip().lower()
+    if from_env in ("online", "offline", "disabled", "dryrun"):
+        mode = "offline" if from_env == "dryrun" else from_env
+        return mode, "W&B logging offline (WANDB_MODE)" if mode == "offline" else None
+    if has_credentials(environ, netrc_file):
+        return "online", None
+    return "offline", (f"W&B: no credentials (WANDB_API_KEY, or `wandb login` for a netrc entry for "
+                       f"{_host(environ)}), logging offline")
+
+
+def has_credentials(environ: Mapping[str, str], netrc_file: Path | None) -> bool:
+    if environ.get("WANDB_API_KEY", "").strip():
+        return True
+    if netrc_file is None or not netrc_file.is_file():
+        return False
+    try:
+        return netrc.netrc(str(netrc_file)).authenticators(_host(environ)) is not None
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def netrc_path(environ: Mapping[str, str]) -> Path | None:
+    if environ.get("NETRC"):
+        return Path(environ["NETRC"])
+    home = Path.home()
+    return next((home / name for name in (".netrc", "_netrc") if (home / name).is_file()), None)
+
+
+def _host(environ: Mapping[str, str]) -> str:
+    base_url = environ.get("WANDB_BASE_URL", "")
+    return urlparse(base_url).hostname or DEFAULT_HOST
+
+
+def _sweep_dir(run_dir: Path) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().sweep.dir) if HydraConfig.initialized() else run_dir.parent
+
+
+def sweep_group(sweep_dir: Path) -> str:
+    """The sweep directory's last two parts, e.g. `2026-11-22/10-00-00-123456` (the default layout's date and
+    time) or `multirun/rmu_layers`: one W&B group per sweep."""
+    parts = Path(sweep_dir).absolute().parts
+    return "/".join(parts[-2:])
+
+
+def _run_name(run_dir: Path) -> str:
+    """The run's overrides, named like a multirun's run directory (e.g. `layer=5,method.steering_coeff=10`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from unlearn.sweep import run_name
+
+    if not HydraConfig.initialized():
+        return run_dir.name
+    hydra_cfg = HydraConfig.get()
+    return run_name(list(hydra_cfg.overrides.task), list(hydra_cfg.job.config.override_dirname.exclude_keys))
+
+
+def step_metrics(record: dict) -> dict[str, float]:
+    """`train/<field>` for every number in a step record, and `train/<topic>/<field>` (topics alternate steps,
+    so per-topic curves are the readable ones)."""
+    metrics = {}
+    topic = record.get("topic")
+    for key, value in record.items():
+        if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        metrics[f"train/{key}"] = value
+        if topic is not None:
+            metrics[f"train/{topic}/{key}"] = value
+    return metrics
+
+
+def flatten_results(results: dict) -> dict[str, Any]:
+    """results.json as flat summary keys: `eval/before/...`, `eval/after/...` (tasks, robustness, probes), with
+    `eval/<section>/forget_acc` and `retain_acc` (mean accuracy over the forget and retain tasks) on top, and
+    `training/...`."""
+    from unlearn.report import domain_accuracy
+
+    flat: dict[str, Any] = {}
+    for section in ("before", "after"):
+        evaluation = results.get(section)
+        if not evaluation:
+            continue
+        _flatten(evaluation, f"eval/{section}", flat)
+        domains = evaluation.get("domains") or {}
+        for domain in ("forget", "retain"):
+            accuracy = domain_accuracy(evaluation, domains.get(domain) or [])
+            if accuracy is not None:
+                flat[f"eval/{section}/{domain}_acc"] = accuracy
+    _flatten(results.get("training"), "training", flat)
+    return flat
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _flatten(item, f"{prefix}/{key}", out)
+    elif isinstance(value, (list, tuple)):
+        if all(isinstance(item, (str, int, float)) for item in value):
+            out[prefix] = ",".join(str(item) for item in value)
+    elif value is not None:
+        out[prefix] = value

@@ -1,0 +1,164 @@
+"""Multiruns as a user meets them: real sweeps as subprocesses on the tiny model, each with its own
+hydra.sweep.dir under tmp_path. Names from overrides, resume after a kill, a failing job, the joblib launcher,
+the report on a real sweep; plus the naming and resume rules on their own."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+
+from tests.conftest import REPO
+from unlearn.__main__ import CONF_DIR
+from unlearn.sweep import already_completed, run_name
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._+@%=,~-]+$")
+
+
+def unlearn(*args: str, module: str = "unlearn") -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def sweep_args(sweep: Path, corpus_files, *extra: str) -> list[str]:
+    forget, retain = corpus_files
+    return ["--multirun", "model=tiny-random", "data=local", f"data.forget_path={forget}",
+            f"data.retain_path={retain}", "eval=none", "steps=2", f"hydra.sweep.dir={sweep}", *extra]
+
+
+def run_dirs(sweep: Path) -> dict[str, Path]:
+    return {path.parent.name: path.parent for path in sweep.glob("*/.hydra")}
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def record(run_dir: Path) -> tuple[str, str, int]:
+    """What a rerun would change: the manifest, the metrics and the metrics file's write time."""
+    metrics = run_dir / "metrics.jsonl"
+    return (run_dir / "manifest.json").read_text(), metrics.read_text(), metrics.stat().st_mtime_ns
+
+
+def test_joblib_sweep_names_runs_and_resumes_only_unfinished_jobs(tmp_path, corpus_files):
+    sweep = tmp_path / "sweep"
+    args = sweep_args(sweep, corpus_files, "layer=3,5", "method.steering_coeff=5,10",
+                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+
+    first = unlearn(*args)
+    assert first.returncode == 0, first.stderr
+    runs = run_dirs(sweep)
+    assert len(runs) == 4 and all(SAFE_NAME.match(name) for name in runs)
+    for layer in (3, 5):
+        for coeff in (5, 10):
+            (name,) = [n for n in runs if f",layer={layer}," in n and f",method.steering_coeff={coeff}," in n]
+            assert manifest(runs[name])["status"] == "completed" and manifest(runs[name])["layer"] == layer
+    assert f"Sweep {sweep}: 4 completed, 0 skipped, 0 failed" in first.stdout
+    assert not list(sweep.rglob("wandb")) and not list(sweep.rglob("model"))  # logger=none; no models in a sweep
+    before = {name: record(run) for name, run in runs.items()}
+
+    second = unlearn(*args)
+    assert second.returncode == 0, second.stderr
+    assert f"Sweep {sweep}: 0 completed, 4 skipped, 0 failed" in second.stdout
+    assert second.stdout.count("Skipping ") == 4 and "Training" not in second.stdout
+    assert {name: record(run) for name, run in runs.items()} == before
+
+    # A sweep killed mid-run leaves a "running" manifest (SIGKILL) or none (killed before the job wrote one).
+    killed, never_recorded, *finished = sorted(runs)
+    state = manifest(runs[killed])
+    (runs[killed] / "manifest.json").write_text(json.dumps({**state, "status": "running", "ended": None}))
+    (runs[never_recorded] / "manifest.json").unlink()
+
+    third = unlearn(*args)
+    assert third.returncode == 0, third.stderr
+    assert f"Sweep {sweep}: 2 completed, 2 skipped, 0 failed" in third.stdout
+    assert f"Redoing {runs[killed]}: its previous attempt is running" in third.stdout
+    for name in (killed, never_recorded):
+        assert manifest(runs[name])["status"] == "completed"
+        assert len((runs[name] / "metrics.jsonl").read_text().splitlines()) == 2  # rewritten, not appended
+    assert {name: record(runs[name]) for name in finished} == {name: before[name] for name in finished}
+
+
+def test_failed_job_is_recorded_the_others_complete_and_the_sweep_exits_nonzero(tmp_path, corpus_files):
+    """A per-topic coefficient list of the wrong length passes the start-up check (it sees the first value of
+    each sweep only) and fails inside its job."""
+    sweep = tmp_path / "sweep"
+    done = unlearn(*sweep_args(sweep, corpus_files, "layer=3,7", "method.steering_coeff=5,[1,2]"))
+    assert done.returncode == 1
+    runs = run_dirs(sweep)
+    failed = sorted(name for name in runs if "steering_coeff=1+2~" in name)
+    assert len(runs) == 4 and len(failed) == 2
+    for name, run in runs.items():
+        state = manifest(run)
+        if name in failed:
+            assert state["status"] == "failed" and "method.steering_coeff has 2 values" in state["error"]
+        else:
+            assert state["status"] == "completed" and (run / "results.json").exists()
+    summary = [line for line in done.stdout.splitlines() if line.startswith(f"Sweep {sweep}:")]
+    assert summary == [f"Sweep {sweep}: 2 completed, 0 skipped, 2 failed ({', '.join(failed)})"]
+    assert "hydra.sweep.dir=" in done.stderr  # how to redo the failed ones
+
+    # The report of this real sweep: every job a row, the failed ones with their error; loss heatmaps (no eval).
+    shown = unlearn(str(sweep), module="unlearn.report")
+    assert shown.returncode == 0, shown.stderr
+    with (sweep / "report.csv").open() as file:
+        rows = {row["run"]: row for row in csv.DictReader(file)}
+    assert {name: row["status"] for name, row in rows.items()} == {
+        name: "failed" if name in failed else "completed" for name in runs}
+    for name, row in rows.items():
+        if name in failed:
+            assert "method.steering_coeff has 2 values" in row["error"] and row["final_forget_loss"] == ""
+        else:
+            assert row["steps_done"] == "2" and float(row["final_forget_loss"]) > 0 and row["coeff"] == "5"
+    assert "| failed |" in shown.stdout and (sweep / "report.md").read_text() in shown.stdout
+    with Image.open(sweep / "heatmap_rmu.png") as image:
+        assert image.size[0] > 400 and len(image.convert("RGB").getcolors(1 << 20)) > 50
+    assert not (sweep / "pareto.png").exists()  # nothing evaluated, nothing to trade off
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The rules on their own
+
+
+def test_run_names_are_readable_safe_and_distinct():
+    exclude = ["sweep", "logger", "save_model", "output_root"]
+    assert run_name(["method.steering_coeff=10", "layer=5", "logger.mode=offline", "sweep.force=true"],
+                    exclude) == "layer=5,method.steering_coeff=10"
+    paths = run_name(["data.forget_path=/a/forget.jsonl"], exclude), run_name(["data.forget_path=/b/forget.jsonl"], exclude)
+    assert paths[0].startswith("data.forget_path=forget.jsonl~") and paths[0] != paths[1]
+    lists = run_name(["method.alpha=[1,2]"], exclude), run_name(["method.alpha=[12]"], exclude)
+    assert all(SAFE_NAME.match(name) for name in lists) and lists[0] != lists[1]
+    assert run_name(["lr=1e-3"], exclude) == run_name(["lr=0.001"], exclude) == "lr=0.001"
+    long = run_name([f"k{i}=value_{i}" for i in range(40)], exclude)
+    assert len(long) <= 200 and SAFE_NAME.match(long)
+    assert run_name([], exclude) == "default"
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=["model=tiny-random", *overrides])
+
+
+def test_resume_compares_the_resolved_config_but_not_keys_that_dont_change_results(tmp_path):
+    def completed_run(cfg) -> Path:
+        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (tmp_path / "manifest.json").write_text(json.dumps({"status": "completed"}))
+        return tmp_path
+
+    run = completed_run(composed("layer=5", "lr=1e-3"))
+    assert already_completed(composed("layer=5", "lr=0.001"), run)
+    assert already_completed(composed("layer=5", "lr=1e-3", "logger=wandb", "output_root=/elsewhere"), run)
+    assert not already_completed(composed("layer=5", "lr=1e-3", "sweep.force=true"), run)
+    assert not already_completed(composed("layer=6", "lr=1e-3"), run)
+    assert not already_completed(composed("layer=5", "lr=1e-3", "method.alpha=100"), run)
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "interrupted"}))
+    assert not already_completed(composed("layer=5", "lr=1e-3"), run)

@@ -1,0 +1,460 @@
+"""`python -m unlearn.report <sweep dir>`: every run of a sweep in one table, and the plots that compare them.
+
+Writes into the sweep directory (or `--output-dir`):
+
+    report.csv                 one row per run: status, settings, accuracies, robustness, probes, losses
+    report.md                  the same, fewer columns (also printed)
+    heatmap_<method>.png       layer x coefficient: forget and retain accuracy after unlearning (final
+                               forget/retain losses when the runs have no evaluation)
+    pareto.png                 forget vs retain accuracy of every run, the Pareto front marked
+    rna_robustness.png         RNA: robustness drop (retain accuracy lost when a forget keyword is inserted) vs nu
+
+Coefficient = `method.steering_coeff` (RMU, RNA over RMU) or `method.beta` (Adaptive RMU, RNA over it).
+Forget (retain) accuracy = the unweighted mean `acc` of the run's `eval.forget_tasks` (`eval.retain_tasks`).
+Runs that failed, were interrupted or are still running are listed with their status and the losses they got
+to; only completed runs enter the plots. Safe to run on a sweep that is still going.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from unlearn import rundir
+
+EXIT_BAD_INPUT = 2
+LOSSES = ("loss", "forget_loss", "retain_loss")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading a run
+
+
+def domain_accuracy(evaluation: dict | None, tasks: list[str]) -> float | None:
+    """Unweighted mean `acc` over those of `tasks` that the evaluation holds; None when it holds none."""
+    found = [((evaluation or {}).get("tasks") or {}).get(task, {}).get("acc") for task in tasks]
+    found = [value for value in found if isinstance(value, (int, float))]
+    return sum(found) / len(found) if found else None
+
+
+def coefficient(config: dict) -> tuple[str | None, Any]:
+    """The target-scale setting a method sweeps: ("steering_coeff", c) or ("beta", beta)."""
+    method = config.get("method") or {}
+    base = method.get("base", "rmu") if method.get("name") == "rna" else method.get("name")
+    key = "beta" if base == "adaptive_rmu" else "steering_coeff"
+    return (key, method.get(key)) if key in method else (None, None)
+
+
+def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
+    """One table row: what the run's config.yaml, manifest.json, results.json and metrics.jsonl say."""
+    config = _read_yaml(run_dir / rundir.CONFIG) or {}
+    manifest = rundir.read_json(run_dir / rundir.MANIFEST) or {}
+    status = manifest.get("status", "not started")
+    # A results.json next to an unfinished manifest belongs to an earlier attempt: leave it out.
+    results = (rundir.read_json(run_dir / rundir.RESULTS) or {}) if status == "completed" else {}
+    method = config.get("method") or {}
+    coeff_key, coeff = coefficient(config)
+    row: dict[str, Any] = {
+        "run": str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else ".",
+        "status": status,
+        "method": method.get("name", manifest.get("method")),
+        "base": method.get("base") if method.get("name") == "rna" else None,
+        "model": (config.get("model") or {}).get("name", manifest.get("model")),
+        "layer": config.get("layer", manifest.get("layer")),
+        "update_layers": _text(manifest.get("update_layers")),
+        "coeff_key": coeff_key,
+        "coeff": _text(coeff),
+        "coeff_used": _text(manifest.get("steering_coeffs")),
+        "nu": method.get("nu") if method.get("name") == "rna" else None,
+        "alpha": _text(method.get("alpha")),
+        "steps": config.get("steps"),
+        "lr": config.get("lr"),
+        "seed": config.get("seed"),
+    }
+    row.update(_evaluation_columns(config, results))
+    row.update(_training_columns(run_dir, results))
+    row.update({"started": manifest.get("started"), "ended": manifest.get("ended"), "error": manifest.get("error")})
+    return row
+
+
+def _evaluation_columns(config: dict, results: dict) -> dict[str, Any]:
+    eval_config = config.get("eval") or {}
+    columns: dict[str, Any] = {}
+    for section in ("before", "after"):
+        evaluation = results.get(section) or {}
+        domains = evaluation.get("domains") or {}
+        for domain in ("forget", "retain"):
+            tasks = eval_config.get(f"{domain}_tasks") or domains.get(domain) or []
+            columns[f"{domain}_acc_{section}"] = domain_accuracy(evaluation, list(tasks))
+        robustness = evaluation.get("robustness") or {}
+        for what in ("clean", "perturbed", "drop"):
+            columns[f"robust_{what}_{section}"] = robustness.get(what)
+        probes = evaluation.get("probes") or {}
+        for text_set in ("forget", "retain"):
+            stats = probes.get(text_set) or {}
+            cosines = [c for c in (stats.get("cosine") or {}).values() if isinstance(c, (int, float))]
+            columns[f"probe_{text_set}_norm_{section}"] = stats.get("mean_norm")
+            columns[f"probe_{text_set}_cos_{section}"] = statistics.fmean(cosines) if cosines else None
+            columns[f"probe_{text_set}_confidence_{section}"] = stats.get("confidence")
+        for task, metrics in (evaluation.get("tasks") or {}).items():
+            columns[f"acc_{section}/{task}"] = metrics.get("acc")
+    return columns
+
+
+def _training_columns(run_dir: Path, results: dict) -> dict[str, Any]:
+    """Last losses and median step time: from results.json when the run completed, else from metrics.jsonl."""
+    records = _read_metrics(run_dir / rundir.METRICS)
+    columns: dict[str, Any] = {"steps_done": len(records)}
+    training = results.get("training") or {}
+    topics = training.get("topics") or {}
+    lasts = [topic["last"] for topic in topics.values() if topic.get("last")]
+    if lasts:
+        for key in LOSSES:
+            columns[f"final_{key}"] = statistics.fmean(last[key] for last in lasts)
+    else:
+        last_per_topic = {record.get("topic"): record for record in records}
+        for key in LOSSES:
+            values = [r[key] for r in last_per_topic.values() if isinstance(r.get(key), (int, float))]
+            columns[f"final_{key}"] = statistics.fmean(values) if values else None
+    times = sorted(r["step_time_s"] for r in records if isinstance(r.get("step_time_s"), (int, float)))
+    columns["median_step_time_s"] = training.get("median_step_time_s") or (times[len(times) // 2] if times else None)
+    return columns
+
+
+def _read_yaml(path: Path) -> dict | None:
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # missing, or not YAML: the row shows what the manifest says
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl, without a last line cut short by a run still writing or killed."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _text(value: Any) -> Any:
+    """Lists (per-topic values) as `a/b`, so every cell is a scalar."""
+    if isinstance(value, (list, tuple)):
+        return "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return value
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    from unlearn.sweep import find_run_dirs
+
+    rows = [run_row(run_dir, sweep_dir) for run_dir in find_run_dirs(sweep_dir)]
+    return sorted(rows, key=lambda r: (r["method"] is None, str(r["method"]), _order(r["layer"]), _order(r["coeff"]),
+                                       _order(r["nu"]), r["run"]))
+
+
+def _order(value: Any) -> tuple:
+    return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+
+
+MARKDOWN_COLUMNS = [  # (header, key, format)
+    ("run", "label", "s"), ("status", "status", "s"), ("method", "method", "s"), ("layer", "layer", "s"),
+    ("coeff", "coeff", "g"), ("nu", "nu", "g"), ("forget acc %", "forget_acc", "arrow"),
+    ("retain acc %", "retain_acc", "arrow"), ("robust drop %", "robust_drop", "arrow"),
+    ("forget loss", "final_forget_loss", ".4g"), ("retain loss", "final_retain_loss", ".4g"),
+    ("step s", "median_step_time_s", ".3g"), ("error", "error", "s"),
+]
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    fixed = [key for key in rows[0] if not key.startswith("acc_")]
+    per_task = sorted({key for row in rows for key in row if key.startswith("acc_")})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fixed + per_task, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: ("" if value is None else value) for key, value in row.items()})
+    rundir.write_text_atomic(path, buffer.getvalue())
+
+
+def markdown(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
+    """A Markdown table; run names show only the overrides that differ between runs."""
+    labels, common = short_labels([row["run"] for row in rows])
+    counts = defaultdict(int)
+    for row in rows:
+        counts[row["status"]] += 1
+    lines = [f"# Sweep {sweep_dir}", "",
+             f"{len(rows)} runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))]
+    if common:
+        lines.append(f"Common to every run: `{common}`")
+    columns = [c for c in MARKDOWN_COLUMNS if any(_present(row, c[1]) for row in rows) or c[1] in ("label", "status")]
+    lines += ["", "| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row, label in zip(rows, labels):
+        cells = [_cell({**row, "label": label}, key, fmt) for _, key, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    if any(_present(row, "forget_acc") for row in rows):
+        lines += ["", "Accuracies in percent, before -> after unlearning; robustness drop = clean minus "
+                      "keyword-perturbed retain accuracy (RNA paper)."]
+    return "\n".join(lines) + "\n"
+
+
+def short_labels(names: list[str]) -> tuple[list[str], str]:
+    """Each run name without the `key=value` items every run shares; those shared items, joined."""
+    items = [name.split(",") for name in names]
+    shared = set.intersection(*(set(i) for i in items)) if len(items) > 1 else set()
+    labels = [",".join(i for i in parts if i not in shared) or name for parts, name in zip(items, names)]
+    return labels, ",".join(i for i in items[0] if i in shared) if items else ""
+
+
+def _present(row: dict, key: str) -> bool:
+    if key in ("forget_acc", "retain_acc", "robust_drop"):
+        return row.get(f"{key}_after") is not None or row.get(f"{key}_before") is not None
+    return row.get(key) not in (None, "")
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    if fmt == "arrow":
+        before, after = row.get(f"{key}_before"), row.get(f"{key}_after")
+        if before is None and after is None:
+            return ""
+        return f"{_percent(before)} -> {_percent(after)}" if before is not None else _percent(after)
+    value = row.get(key)
+    if value is None or value == "":
+        return ""
+    if fmt == "s" or not isinstance(value, (int, float)):
+        return str(value).replace("|", "/").replace("\n", " ")[:120]
+    return f"{value:{fmt}}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works on a headless node
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    """Write the PNG next to its final name, then rename: a reader never sees half an image."""
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temp, dpi=120, bbox_inches="tight")
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+        _pyplot().close(figure)
+    return path
+
+
+def _completed(rows: list[dict]) -> list[dict]:
+    return [row for row in rows if row["status"] == "completed"]
+
+
+def plot_heatmaps(rows: list[dict], out_dir: Path) -> list[Path]:
+    """Per method: layer x coefficient heatmaps of forget and retain accuracy after unlearning (of the final
+    forget and retain losses when its runs were not evaluated). Cells average runs that share them (e.g.
+    different nu); a cell with only unfinished runs says so."""
+    written = []
+    for method in sorted({str(row["method"]) for row in rows if row["method"]}):
+        mine = [row for row in rows if str(row["method"]) == method and row["layer"] is not None]
+        done = _completed(mine)
+        if not done:
+            continue
+        evaluated = any(row["forget_acc_after"] is not None for row in done)
+        panels = ([("forget_acc_after", "forget accuracy after (%)", 100.0),
+                   ("retain_acc_after", "retain accuracy after (%)", 100.0)] if evaluated else
+                  [("final_forget_loss", "final forget loss", 1.0), ("final_retain_loss", "final retain loss", 1.0)])
+        written.append(_heatmap_figure(method, mine, panels, out_dir / f"heatmap_{method}.png"))
+    return written
+
+
+def _heatmap_figure(method: str, rows: list[dict], panels, path: Path) -> Path:
+    plt = _pyplot()
+    layers = sorted({row["layer"] for row in rows}, key=_order)
+    coeffs = sorted({row["coeff"] for row in rows}, key=_order)
+    coeff_key = next((row["coeff_key"] for row in rows if row["coeff_key"]), "coefficient")
+    figure, axes = plt.subplots(1, len(panels), figsize=(1.2 + 1.1 * len(coeffs) * len(panels) + 2 * len(panels),
+                                                         1.2 + 0.5 * len(layers)), squeeze=False)
+    for axis, (key, title, scale) in zip(axes[0], panels):
+        grid = [[math.nan] * len(coeffs) for _ in layers]
+        notes = [[""] * len(coeffs) for _ in layers]
+        for i, layer in enumerate(layers):
+            for j, coeff in enumerate(coeffs):
+                cell = [row for row in rows if row["layer"] == layer and row["coeff"] == coeff]
+                values = [row[key] for row in cell if row["status"] == "completed" and row.get(key) is not None]
+                if values:
+                    grid[i][j] = scale * statistics.fmean(values)
+                    notes[i][j] = f"{grid[i][j]:.3g}" + (f"\n(n={len(values)})" if len(values) > 1 else "")
+                elif cell:
+                    notes[i][j] = "/".join(sorted({row["status"] for row in cell}))
+        image = axis.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+        figure.colorbar(image, ax=axis)
+        for i in range(len(layers)):
+            for j in range(len(coeffs)):
+                dark = not math.isnan(grid[i][j]) and image.norm(grid[i][j]) < 0.6  # viridis is dark at the low end
+                axis.text(j, i, notes[i][j], ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        axis.set_xticks(range(len(coeffs)), [str(c) for c in coeffs])
+        axis.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+        axis.set_xlabel(f"method.{coeff_key}")
+        axis.set_ylabel("layer")
+        axis.set_title(f"{method}: {title}")
+    return _save(figure, path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: forget accuracy as low, retain accuracy as high, one of
+    them strictly better."""
+    front = []
+    for i, (forget, retain) in enumerate(points):
+        dominated = any(f <= forget and r >= retain and (f < forget or r > retain) for f, r in points)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def plot_pareto(rows: list[dict], out_dir: Path) -> Path | None:
+    done = [row for row in _completed(rows) if row["forget_acc_after"] is not None and row["retain_acc_after"] is not None]
+    if not done:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 5))
+    points = [(100 * row["forget_acc_after"], 100 * row["retain_acc_after"]) for row in done]
+    for method in sorted({str(row["method"]) for row in done}):
+        mine = [p for p, row in zip(points, done) if str(row["method"]) == method]
+        axis.scatter([p[0] for p in mine], [p[1] for p in mine], label=method, alpha=0.8)
+    front = sorted(pareto_front(points), key=lambda i: points[i])
+    axis.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
+    axis.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=120, facecolors="none",
+                 edgecolors="black")
+    for i in front:
+        axis.annotate(_setting(done[i]), points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
+    bases = [(100 * r["forget_acc_before"], 100 * r["retain_acc_before"]) for r in done
+             if r["forget_acc_before"] is not None and r["retain_acc_before"] is not None]
+    if bases:
+        axis.scatter([bases[0][0]], [bases[0][1]], marker="*", s=200, color="red", label="before unlearning")
+    axis.set_xlabel("forget accuracy after (%)  (lower is better)")
+    axis.set_ylabel("retain accuracy after (%)  (higher is better)")
+    axis.set_title(f"forget vs retain: {len(done)} completed runs, {len(front)} on the Pareto front")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return _save(figure, out_dir / "pareto.png")
+
+
+def _setting(row: dict) -> str:
+    """A run's swept settings in a few characters, e.g. `rmu L7 steering_coeff=6.5`."""
+    text = f"{row['method']} L{row['layer']} {row['coeff_key']}={row['coeff']}"
+    return text + (f" nu={row['nu']}" if row["nu"] is not None else "")
+
+
+def plot_rna(rows: list[dict], out_dir: Path) -> Path | None:
+    """RNA: robustness drop after unlearning against nu, one line per (layer, coefficient); the base model's
+    drop and plain RMU's (runs of this sweep) as reference lines."""
+    rna = [row for row in _completed(rows)
+           if row["method"] == "rna" and row["nu"] is not None and row["robust_drop_after"] is not None]
+    if not rna:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    groups = defaultdict(list)
+    for row in rna:
+        groups[(row["base"], row["layer"], row["coeff"])].append(row)
+    for (base, layer, coeff), mine in sorted(groups.items(), key=lambda kv: tuple(map(_order, kv[0]))):
+        by_nu = defaultdict(list)
+        for row in mine:
+            by_nu[row["nu"]].append(100 * row["robust_drop_after"])
+        nus = sorted(by_nu)
+        label = f"RNA over {base or 'rmu'}, layer {layer}, {mine[0]['coeff_key']}={coeff}"
+        axis.plot(nus, [statistics.fmean(by_nu[nu]) for nu in nus], "o-", label=label)
+    rmu = [100 * row["robust_drop_after"] for row in _completed(rows)
+           if row["method"] == "rmu" and row["robust_drop_after"] is not None]
+    if rmu:
+        axis.axhline(statistics.fmean(rmu), color="gray", ls="--", label=f"RMU (mean of {len(rmu)} runs)")
+    before = [100 * row["robust_drop_before"] for row in rna if row["robust_drop_before"] is not None]
+    if before:
+        axis.axhline(before[0], color="red", ls=":", label="before unlearning")
+    positive = [row["nu"] for row in rna if row["nu"] > 0]
+    if positive and max(positive) / min(positive) > 20:
+        axis.set_xscale("symlog", linthresh=min(positive))  # nu spans decades (0 = plain RMU included)
+    axis.set_xlabel("nu (RNA noise scale)")
+    axis.set_ylabel("robustness drop (points)  (lower is better)")
+    axis.set_title("retain accuracy lost when a forget keyword is inserted")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    return _save(figure, out_dir / "rna_robustness.png")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[str, list[Path]]:
+    """Write the table and plots; returns the Markdown and the files written. Raises ValueError on no runs."""
+    out_dir = Path(out_dir or sweep_dir)
+    rows = collect(sweep_dir)
+    if not rows:
+        raise ValueError(f"no runs in {sweep_dir}: expected run directories with a manifest.json, as "
+                         "`python -m unlearn --multirun ...` writes them")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, sweep_dir)
+    write_csv(rows, out_dir / "report.csv")
+    rundir.write_text_atomic(out_dir / "report.md", text)
+    written = [out_dir / "report.csv", out_dir / "report.md"]
+    written += plot_heatmaps(rows, out_dir)
+    written += [path for path in (plot_pareto(rows, out_dir), plot_rna(rows, out_dir)) if path]
+    return text, written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m unlearn.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun's directory, e.g. multirun/2026-11-22/10-00-00-123456")
+    parser.add_argument("--output-dir", type=Path, default=None, help="where to write (default: the sweep directory)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"error: {args.sweep_dir} is not a directory: give a sweep directory (hydra.sweep.dir of a multirun)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        text, written = report(args.sweep_dir, args.output_dir)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(text)
+    print("Wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # A fresh cache per test session: the embedded model is converted and the base model evaluated from scratch,
 # so no test leans on what an earlier run left in ~/.cache/unlearn.
 os.environ["UNLEARN_CACHE"] = tempfile.mkdtemp(prefix="unlearn-test-cache-")
+atexit.register(shutil.rmtree, os.environ["UNLEARN_CACHE"], ignore_errors=True)  # ~0.5 GB: the converted model
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -77,3 +77,21 @@ def test_update_layers_default_and_explicit():
 def test_single_topic_presets_drop_the_other_topic(bio_file):
     assert [t.name for t in config.topics(composed("data=wmdp_cyber"))] == ["cyber"]
     assert [t.name for t in config.topics(composed("data=wmdp_bio", f"data.topics.bio.forget.path={bio_file}"))] == ["bio"]
+
+
+def test_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min, launcher.mem_gb) == ("gpu", 1, 120, 64)
+
+
+def test_paper_sweep_presets():
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        layers = compose("config", overrides=["experiment=rmu_layer_sweep"], return_hydra_config=True)
+        rna = compose("config", overrides=["experiment=rna_nu_sweep"], return_hydra_config=True)
+    assert layers.hydra.sweeper.params.layer == "range(3,32,2)"  # 3, 5, ..., 31
+    assert layers.update_layers is None and layers.model.name == "zephyr-7b-beta"
+    assert rna.hydra.sweeper.params["method.nu"] == "0,0.01,0.02,0.05,0.1" and rna.method.name == "rna"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,28 +91,67 @@ def test_bad_argument_is_one_line_and_writes_nothing(tmp_path, corpus_files):
     assert not (tmp_path / "out").exists()
 
 
-def test_sigint_leaves_an_interrupted_run_with_its_metrics(tmp_path, corpus_files):
-    import signal
-    import time
-
-    args = tiny_args(tmp_path, corpus_files, "steps=100000", "data.cycle=true")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def _start_and_wait_for_steps(args: list[str], tmp_path: Path, steps: int = 3) -> tuple[subprocess.Popen, Path]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "unlearn", *args], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    metrics = None
     while time.time() < deadline:
-        found = list((tmp_path / "out").glob("*/*/metrics.jsonl"))
-        if found and len(found[0].read_text().splitlines()) >= 3:
-            metrics = found[0]
-            break
-        time.sleep(0.2)
-    assert metrics is not None, "the run never started training"
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+        found = list(tmp_path.rglob("metrics.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= steps:
+            return process, found[0].parent
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError("the run never started training")
+
+
+def _consistent(run: Path) -> dict:
+    """Every file a kill can leave is whole: the manifest parses, every metrics line parses, in step order."""
+    manifest = json.loads((run / "manifest.json").read_text())
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(len(lines)))
+    assert not (run / "model").exists() and not list(run.glob(".*.tmp*"))
+    return manifest
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_leave_an_interrupted_run_with_its_metrics(tmp_path, corpus_files, signum):
+    process, run = _start_and_wait_for_steps(tiny_args(tmp_path, corpus_files, "steps=100000", "data.cycle=true"), tmp_path)
+    process.send_signal(signum)
+    process.communicate(timeout=60)
     assert process.returncode == 130
-    manifest = json.loads((metrics.parent / "manifest.json").read_text())
+    manifest = _consistent(run)
     assert manifest["status"] == "interrupted" and manifest["ended"]
-    lines = metrics.read_text().splitlines()
-    assert len(lines) >= 3 and all(json.loads(line)["step"] == i for i, line in enumerate(lines))
-    assert not (metrics.parent / "model").exists()
+
+
+def test_sigkill_mid_sweep_loses_nothing_finished_and_the_rerun_completes(tmp_path, corpus_files):
+    """Job 1 of a two-job sweep finishes, job 2 is SIGKILLed mid-training; the same command then redoes job 2
+    only, and job 1's results are untouched."""
+    sweep = tmp_path / "sweep"
+    args = ["--multirun", *tiny_args(tmp_path, corpus_files, "steps=60", "data.cycle=true", "layer=3,5"),
+            f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "unlearn", *args], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    second = None
+    while time.time() < deadline and second is None:
+        runs = sorted(p for p in sweep.glob("*layer=5*") if (p / "metrics.jsonl").exists())
+        if runs and len((runs[0] / "metrics.jsonl").read_text().splitlines()) >= 3:
+            second = runs[0]
+        time.sleep(0.1)
+    assert second is not None, "the second job never started training"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    first = next(sweep.glob("*layer=3*"))
+    finished = (first / "results.json").read_text(), json.loads((first / "manifest.json").read_text())
+    assert finished[1]["status"] == "completed"
+    assert _consistent(second)["status"] == "running"  # killed: nothing could record it
+
+    rerun = unlearn(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (first / "results.json").read_text() == finished[0]
+    assert json.loads((first / "manifest.json").read_text())["started"] == finished[1]["started"]
+    redone = json.loads((second / "manifest.json").read_text())
+    assert redone["status"] == "completed"
+    assert len((second / "metrics.jsonl").read_text().splitlines()) == 60

@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,26 @@ SECRET = "0123456789abcdef0123456789abcdef0123fake"  # a 40-character API-key lo
 # Reading an offline run back
 
 
-def wandb_records(run_dir: Path) -> list:
-    """Every record of the run's .wandb file: a LevelDB-style log (32 KiB blocks, 7-byte chunk headers) of
-    W&B's `Record` protobufs, after a 7-byte file header (":W&B", magic, version)."""
+def wandb_records(run_dir: Path, timeout_s: float = 30.0) -> list:
+    """Every record of the run's .wandb file, once it holds the run's exit record: W&B's service process may
+    still be flushing it when `finish()` returns in a process that goes on (a CLI run's exit waits for it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_wandb_file(run_dir)
+        if "exit" in [r.WhichOneof("record_type") for r in records] or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def read_wandb_file(run_dir: Path) -> list:
+    """A LevelDB-style log (32 KiB blocks, 7-byte chunk headers) of W&B's `Record` protobufs, after a 7-byte
+    file header (":W&B", magic, version)."""
     from wandb.proto import wandb_internal_pb2
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     data = path.read_bytes()
+    if len(data) < 7:  # not even the header flushed yet
+        return []
     assert data[:4] == b":W&B"
     block, position, chunks, records = 32768, 7, [], []
     while position + 7 <= len(data):
@@ -38,6 +52,8 @@ def wandb_records(run_dir: Path) -> list:
             position += block - position % block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if position + 7 + length > len(data):  # a chunk still being written
+            break
         chunks.append(data[position + 7:position + 7 + length])
         position += 7 + length
         if kind in (1, 4):  # FULL, LAST
@@ -50,7 +66,9 @@ def wandb_records(run_dir: Path) -> list:
 
 def logged(records: list) -> tuple[object, dict, list[dict], dict]:
     """(run record, config, history rows, final summary) of an offline run."""
-    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert "run" in kinds, kinds
+    run = records[kinds.index("run")].run
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     history, summary = [], {}
     for record in records:

@@ -22,7 +22,7 @@ from unlearn.errors import UnlearnError
 from unlearn.methods import MethodSpec, control_vector
 from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table
 from unlearn.models import cache_root, check_parameter_pattern, load_model, load_model_config, num_blocks, trained_parameters
-from unlearn.tracking import start_tracker
+from unlearn.tracking import NullTracker, start_tracker
 from unlearn.train import TopicStreams, steering_coefficients, train
 
 
@@ -65,10 +65,11 @@ def run(cfg: DictConfig, run_dir: Path, save_model: bool, multirun: bool = False
     rundir.write_text_atomic(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     manifest = rundir.Manifest(run_dir, seed=cfg.seed, device=None, dtype=None, batch_size=cfg.batch_size)
     metrics = rundir.MetricsLog(run_dir)
-    tracker = start_tracker(cfg, run_dir, multirun)
+    tracker = NullTracker()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     status, error = "failed", None
     try:
+        tracker = start_tracker(cfg, run_dir, multirun)
         results = _pipeline(cfg, run_dir, save_model, manifest, metrics, tracker)
         status = "completed"
         return results

@@ -7,3 +7,9 @@ class UnlearnError(Exception):
     Raised anywhere in the package; `python -m unlearn` prints `error: <message>` and exits non-zero,
     without a traceback.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library errors often run to a page), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

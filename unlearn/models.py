@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from unlearn import hub
-from unlearn.errors import UnlearnError
+from unlearn.errors import UnlearnError, first_line
 
 EMBEDDED_PREFIX = "embedded://"
 TINY_PREFIX = "tiny://"
@@ -67,7 +67,7 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False):
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UnlearnError(_unreachable_message(name_or_path, _first_line(exc))) from None
+        raise UnlearnError(_unreachable_message(name_or_path, first_line(exc))) from None
 
 
 def num_blocks(config) -> int:
@@ -120,7 +120,7 @@ def _from_pretrained(source: str, dtype: torch.dtype, device_map: str | None, tr
             source, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise UnlearnError(_unreachable_message(source, _first_line(exc))) from None
+        raise UnlearnError(_unreachable_message(source, first_line(exc))) from None
     return model, tokenizer
 
 
@@ -142,10 +142,6 @@ def _check_reachable(name_or_path: str) -> None:
     if not hub.model_cached(name_or_path) and not hub.reachable():
         why = "offline mode (HF_HUB_OFFLINE) is set" if hub.offline() else "the Hugging Face hub is unreachable"
         raise UnlearnError(_unreachable_message(name_or_path, why))
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _unreachable_message(name_or_path: str, why: str) -> str:

@@ -31,7 +31,7 @@ from lm_eval.tasks._index import Entry, Kind
 from lm_eval.tasks._yaml_loader import load_yaml
 
 from unlearn import corpora, hub
-from unlearn.errors import UnlearnError
+from unlearn.errors import UnlearnError, first_line
 
 LM_EVAL_TASKS = Path(lm_eval.tasks.__file__).parent  # lm-eval's own task YAMLs
 LOCAL_BUILDERS = frozenset(_PACKAGED_DATASETS_MODULES)  # json, csv, parquet, text, ...: files, not hub ids
@@ -227,7 +227,7 @@ def _check_cached(label: str, path: str, name: str | None) -> None:
 
 def unreachable_message(task: str, exc: Exception) -> str:
     """For a dataset that failed while lm-eval built the task (when `check_datasets` could not tell)."""
-    return f"lm-eval task '{task}' could not load its dataset ({_first_line(exc)}): {WHAT_INSTEAD}"
+    return f"lm-eval task '{task}' could not load its dataset ({first_line(exc)}): {WHAT_INSTEAD}"
 
 
 def _is_hub_id(path: str, entry: Entry) -> bool:
@@ -283,7 +283,7 @@ def _full_config(entry: Entry) -> dict[str, Any]:
     try:
         cfg = deepcopy(load_yaml(entry.yaml_path, resolve_func=True))
     except Exception as exc:  # a `!function` that does not import
-        raise UnlearnError(f"task file {entry.yaml_path} failed to load: {_first_line(exc)}") from None
+        raise UnlearnError(f"task file {entry.yaml_path} failed to load: {first_line(exc)}") from None
     for key in ("group", "tag"):  # membership keys, not task settings
         cfg.pop(key, None)
     base = Path(entry.yaml_path).parent
@@ -344,8 +344,3 @@ def _one_line(exc: Exception) -> str:
     """A YAML error spreads over several lines (what, where, why): join them."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return text[:300] or type(exc).__name__
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -307,7 +307,8 @@ def _heatmap_figure(method: str, rows: list[dict], panels, path: Path) -> Path:
     coeffs = sorted({row["coeff"] for row in rows}, key=_order)
     coeff_key = next((row["coeff_key"] for row in rows if row["coeff_key"]), "coefficient")
     figure, axes = plt.subplots(1, len(panels), figsize=(1.2 + 1.1 * len(coeffs) * len(panels) + 2 * len(panels),
-                                                         1.2 + 0.5 * len(layers)), squeeze=False)
+                                                         1.6 + 0.5 * len(layers)), squeeze=False, layout="constrained")
+    figure.suptitle(method)
     for axis, (key, title, scale) in zip(axes[0], panels):
         grid = [[math.nan] * len(coeffs) for _ in layers]
         notes = [[""] * len(coeffs) for _ in layers]
@@ -330,7 +331,7 @@ def _heatmap_figure(method: str, rows: list[dict], panels, path: Path) -> Path:
         axis.set_yticks(range(len(layers)), [str(layer) for layer in layers])
         axis.set_xlabel(f"method.{coeff_key}")
         axis.set_ylabel("layer")
-        axis.set_title(f"{method}: {title}")
+        axis.set_title(title, fontsize=10)
     return _save(figure, path)
 
 
@@ -408,6 +409,8 @@ def plot_rna(rows: list[dict], out_dir: Path) -> Path | None:
     positive = [row["nu"] for row in rna if row["nu"] > 0]
     if positive and max(positive) / min(positive) > 20:
         axis.set_xscale("symlog", linthresh=min(positive))  # nu spans decades (0 = plain RMU included)
+        # margins on a log scale; the left one stops short of symlog's (meaningless) negative ticks
+        axis.set_xlim(-min(positive) / 2, max(positive) * 1.5)
     axis.set_xlabel("nu (RNA noise scale)")
     axis.set_ylabel("robustness drop (points)  (lower is better)")
     axis.set_title("retain accuracy lost when a forget keyword is inserted")

@@ -53,6 +53,8 @@ def test_each_method_runs_and_leaves_the_run_directory(tmp_path, corpus_files, m
     assert ("adaptive_coeff" in lines[0]) == (method == "adaptive_rmu")
     vectors = load_file(run / "control_vectors.safetensors")
     assert vectors["local.u"].shape == (64,) and vectors["local.u"].norm().item() == pytest.approx(1.0, abs=1e-5)
+    modes = {name: (run / name).stat().st_mode & 0o777 for name in RUN_FILES - {"model"}}
+    assert len(set(modes.values())) == 1, modes  # every run file readable alike (umask), none left private
     resolved = (run / "config.yaml").read_text()
     assert "${" not in resolved  # fully resolved
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from unlearn import config, rundir
 from unlearn.config import TopicSpec
@@ -191,7 +191,7 @@ def _save_control_vectors(run_dir: Path, streams: list[TopicStreams], vectors, c
     for topic, u, coeff in zip(streams, vectors, coefficients):
         tensors[f"{topic.name}.u"] = u.detach().float().cpu().contiguous()
         tensors[f"{topic.name}.coeff"] = torch.tensor([coeff], dtype=torch.float32)
-    save_file(tensors, run_dir / rundir.CONTROL_VECTORS)
+    rundir.write_bytes_atomic(run_dir / rundir.CONTROL_VECTORS, safetensors_bytes(tensors))
 
 
 def _training_summary(losses: list[dict], streams: list[TopicStreams], coefficients, norms) -> dict:

@@ -89,6 +89,15 @@ def test_unwritable_output_directory(monkeypatch, capsys, tmp_path, corpus_files
     assert "cannot write the output directory" in line and "output_root=" in line
 
 
+@pytest.mark.parametrize("swept", ["save_model=true,false", "logger.mode=offline,disabled"])
+def test_sweeping_a_key_left_out_of_run_names(monkeypatch, capsys, tmp_path, corpus_files, swept):
+    sweep_dir = tmp_path / "out" / "sweep"
+    line = precheck_error(monkeypatch, capsys, tmp_path, "--multirun", *tiny(tmp_path, corpus_files), swept,
+                          f"hydra.sweep.dir={sweep_dir}")
+    assert f"cannot sweep {swept.split('=')[0]}: it is left out of run-directory names" in line
+    assert "run one multirun per value" in line
+
+
 def test_lookalike_letters_are_replaced_with_a_warning(capsys):
     assert normalize_argument("method=rn\u0430") == "method=rna"  # Cyrillic a
     warning = capsys.readouterr().err

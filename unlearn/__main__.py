@@ -77,6 +77,21 @@ def check_writable(directory: Path) -> None:
                            "choose another with output_root=... (or hydra.sweep.dir=... for a sweep)")
 
 
+def check_sweepable(swept_keys: list[str]) -> None:
+    """Swept keys must name their jobs apart: a key left out of run-directory names would put every job of the
+    sweep in one directory, each overwriting (or skipping as done) the one before."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        hydra_cfg = compose("config", return_hydra_config=True).hydra
+    excluded = list(hydra_cfg.job.config.override_dirname.exclude_keys)
+    for key in swept_keys:
+        if sweep.is_excluded(key, excluded):
+            raise UnlearnError(f"cannot sweep {key}: it is left out of run-directory names ({', '.join(excluded)}), "
+                               "so every value would share one run directory; run one multirun per value instead, "
+                               "each with its own hydra.sweep.dir=...")
+
+
 def _output_dir(cfg: DictConfig, overrides: list[str], multirun: bool) -> Path:
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     given = [o.split("=", 1)[1] for o in overrides if o.startswith(key)]
@@ -101,6 +116,9 @@ def precheck(overrides: list[str], multirun: bool = False) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
         first = []
+        swept = [override.get_key_element() for override in parsed if override.is_sweep_override()]
+        if swept:
+            check_sweepable(swept)
         for override in parsed:
             if override.is_sweep_override():
                 values = list(override.sweep_string_iterator())

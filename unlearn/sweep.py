@@ -42,7 +42,7 @@ def run_name(overrides: list[str], exclude_keys: list[str]) -> str:
     value follow, so two different jobs never share a directory."""
     items = []
     for override in OverridesParser.create().parse_overrides(list(overrides)):
-        if _excluded(override.key_or_group, exclude_keys):
+        if is_excluded(override.key_or_group, exclude_keys):
             continue
         key = UNSAFE.sub("+", override.get_key_element())
         items.append(key if override.is_delete() else f"{key}={_safe_value(override.get_value_element_as_str())}")
@@ -52,7 +52,7 @@ def run_name(overrides: list[str], exclude_keys: list[str]) -> str:
     return name
 
 
-def _excluded(key: str, exclude_keys: list[str]) -> bool:
+def is_excluded(key: str, exclude_keys: list[str]) -> bool:
     return any(key == excluded or key.startswith(excluded + ".") for excluded in exclude_keys)
 
 

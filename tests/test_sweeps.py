@@ -125,6 +125,25 @@ def test_failed_job_is_recorded_the_others_complete_and_the_sweep_exits_nonzero(
     assert not (sweep / "pareto.png").exists()  # nothing evaluated, nothing to trade off
 
 
+def test_a_second_invocation_on_a_running_sweep_is_refused(tmp_path, corpus_files):
+    """While one invocation holds the sweep directory, another gets one line and exit 2 and runs no job."""
+    import fcntl
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    with open(sweep / ".sweep.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # stands in for a running `--multirun`
+        refused = unlearn(*sweep_args(sweep, corpus_files, "layer=3,7"))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [(
+        f"error: another `python -m unlearn --multirun` is running in {sweep}: wait for it to end, or give this "
+        "sweep its own hydra.sweep.dir=...")]
+    assert "Traceback" not in refused.stderr and not run_dirs(sweep)
+    done = unlearn(*sweep_args(sweep, corpus_files, "layer=3,7"))  # released: the lock file left behind is inert
+    assert done.returncode == 0, done.stderr
+    assert len(run_dirs(sweep)) == 2
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The rules on their own
 

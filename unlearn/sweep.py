@@ -12,6 +12,7 @@ context, so importing this module there registers the name resolver before Hydra
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import re
 import sys
@@ -189,16 +190,45 @@ def summary_line(sweep_dir: Path, outcomes: dict[str, list[Path]]) -> str:
     return line
 
 
+LOCK_FILE = ".sweep.lock"
+_held_locks: dict[Path, Any] = {}  # sweep dir -> its open lock file (module state: the callback gets pickled)
+
+
+def lock_sweep(sweep_dir: Path) -> None:
+    """Take an exclusive lock on the sweep directory, so that two invocations never run the same jobs at once.
+
+    The OS drops it when this process ends, however it ends (a SIGKILLed sweep leaves no stale lock). Raises
+    SystemExit(2) with one line when another invocation holds it."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(sweep_dir / LOCK_FILE, "a")  # noqa: SIM115 (kept open: closing it releases the lock)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        print(f"error: another `python -m unlearn --multirun` is running in {sweep_dir}: wait for it to end, "
+              "or give this sweep its own hydra.sweep.dir=...", file=sys.stderr)
+        raise SystemExit(2) from None
+    _held_locks[sweep_dir] = handle
+
+
+def unlock_sweep(sweep_dir: Path) -> None:
+    handle = _held_locks.pop(sweep_dir, None)
+    if handle is not None:
+        handle.close()
+
+
 class SweepSummary(Callback):
-    """Hydra callback: says where a sweep goes and how to resume it; at the end prints the one-line summary and
-    exits non-zero when a job failed (Hydra itself discards the jobs' outcomes and exits 0)."""
+    """Hydra callback: locks the sweep directory and says how to resume it; at the end prints the one-line
+    summary and exits non-zero when a job failed (Hydra itself discards the jobs' outcomes and exits 0)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = config.hydra.sweep.dir
+        lock_sweep(Path(sweep_dir))
         print(f"Sweep directory: {sweep_dir} (to resume it, run the same command with hydra.sweep.dir={sweep_dir})")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        unlock_sweep(sweep_dir)
         outcomes = job_outcomes(sweep_dir)
         print(summary_line(sweep_dir, outcomes), flush=True)
         if outcomes["failed"]:

@@ -179,6 +179,26 @@ def test_plots_are_real_images(rendered, name):
     assert len(colours) > 50  # drawn content, not a blank canvas
 
 
+def test_rna_plot_draws_one_line_per_swept_setting_on_a_nonnegative_axis(tmp_path, monkeypatch):
+    """An RNA sweep over nu x lr: one line per lr, named by it; the symlog axis shows nu = 0 and no negative ticks."""
+    for lr in (5e-3, 2e-2):
+        for nu in (0, 0.1, 1, 10):
+            run = make_run(tmp_path, f"lr={lr},method.nu={nu}", method="rna", layer=7, coeff=300, nu=nu,
+                           after=evaluation((0.3, 0.3), 0.5, 0.2 - nu / 100, 90.0))
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            (run / "config.yaml").write_text(yaml.safe_dump({**config, "lr": lr}))
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda figure, path: figures.append(figure) or path)
+    report.plot_rna(report.collect(tmp_path), tmp_path)
+    axis = figures[0].axes[0]
+    labels = sorted(line.get_label() for line in axis.get_lines() if line.get_label().startswith("RNA"))
+    assert labels == ["RNA over rmu, layer 7, steering_coeff=300, lr=0.005",
+                      "RNA over rmu, layer 7, steering_coeff=300, lr=0.02"]
+    left, right = axis.get_xlim()
+    assert left < 0 < 10 < right
+    assert all(tick >= 0 for tick in axis.get_xticks() if left <= tick <= right)
+
+
 def test_pareto_front_by_hand():
     """(forget, retain): a=(10, 50) and c=(30, 70) are each best in one direction; b=(20, 40) is beaten by a
     (lower forget, higher retain); d=(30, 60) is beaten by c (same forget, higher retain)."""

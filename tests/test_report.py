@@ -165,8 +165,7 @@ def test_markdown_is_written_and_printed(sweep, tmp_path, capsys):
     assert "| failed |" in text and "| running |" in text and "| not started |" in text
 
 
-@pytest.mark.parametrize("name", ["heatmap_rmu.png", "heatmap_adaptive_rmu.png", "heatmap_rna.png", "pareto.png",
-                                  "rna_robustness.png"])
+@pytest.mark.parametrize("name", ["heatmap_rmu.png", "heatmap_adaptive_rmu.png", "pareto.png", "rna_robustness.png"])
 def test_plots_are_real_images(rendered, name):
     out, _ = rendered
     path = out / name
@@ -197,6 +196,11 @@ def test_rna_plot_draws_one_line_per_swept_setting_on_a_nonnegative_axis(tmp_pat
     left, right = axis.get_xlim()
     assert left < 0 < 10 < right
     assert all(tick >= 0 for tick in axis.get_xticks() if left <= tick <= right)
+
+
+def test_no_heatmap_for_a_method_run_at_one_layer_and_one_coefficient(rendered):
+    out, _ = rendered
+    assert not (out / "heatmap_rna.png").exists()  # RNA ran at layer 5, c = 10 only: nu is the RNA plot's axis
 
 
 def test_pareto_front_by_hand():

@@ -5,7 +5,7 @@ Writes into the sweep directory (or `--output-dir`):
     report.csv                 one row per run: status, settings, accuracies, robustness, probes, losses
     report.md                  the same, fewer columns (also printed)
     heatmap_<method>.png       layer x coefficient: forget and retain accuracy after unlearning (final
-                               forget/retain losses when the runs have no evaluation)
+                               forget/retain losses when the runs have no evaluation); not for one cell
     pareto.png                 forget vs retain accuracy of every run, the Pareto front marked
     rna_robustness.png         RNA: robustness drop (retain accuracy lost when a forget keyword is inserted) vs nu
 
@@ -286,12 +286,13 @@ def _completed(rows: list[dict]) -> list[dict]:
 def plot_heatmaps(rows: list[dict], out_dir: Path) -> list[Path]:
     """Per method: layer x coefficient heatmaps of forget and retain accuracy after unlearning (of the final
     forget and retain losses when its runs were not evaluated). Cells average runs that share them (e.g.
-    different nu); a cell with only unfinished runs says so."""
+    different nu); a cell with only unfinished runs says so. A method swept at one layer and one coefficient
+    gets none: one cell shows nothing that the table doesn't."""
     written = []
     for method in sorted({str(row["method"]) for row in rows if row["method"]}):
         mine = [row for row in rows if str(row["method"]) == method and row["layer"] is not None]
         done = _completed(mine)
-        if not done:
+        if not done or len({(row["layer"], row["coeff"]) for row in mine}) < 2:
             continue
         evaluated = any(row["forget_acc_after"] is not None for row in done)
         panels = ([("forget_acc_after", "forget accuracy after (%)", 100.0),

@@ -80,11 +80,11 @@ def check_writable(directory: Path) -> None:
 def check_sweepable(swept_keys: list[str]) -> None:
     """Swept keys must name their jobs apart: a key left out of run-directory names would put every job of the
     sweep in one directory, each overwriting (or skipping as done) the one before."""
-    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        hydra_cfg = compose("config", return_hydra_config=True).hydra
-    excluded = list(hydra_cfg.job.config.override_dirname.exclude_keys)
+    if not swept_keys:
+        return
+    excluded = list(OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
     for key in swept_keys:
         if sweep.is_excluded(key, excluded):
             raise UnlearnError(f"cannot sweep {key}: it is left out of run-directory names ({', '.join(excluded)}), "
@@ -115,10 +115,8 @@ def precheck(overrides: list[str], multirun: bool = False) -> None:
                            "`pip install -e .`")
     try:
         parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
+        check_sweepable([override.get_key_element() for override in parsed if override.is_sweep_override()])
         first = []
-        swept = [override.get_key_element() for override in parsed if override.is_sweep_override()]
-        if swept:
-            check_sweepable(swept)
         for override in parsed:
             if override.is_sweep_override():
                 values = list(override.sweep_string_iterator())

@@ -381,12 +381,12 @@ def _setting(row: dict) -> str:
     return text + (f" nu={row['nu']}" if row["nu"] is not None else "")
 
 
-RNA_LINE_KEYS = ("base", "layer", "coeff", "alpha", "lr", "steps")  # one line per combination in the RNA plot
+RNA_LINE_EXTRAS = ("alpha", "lr", "steps")  # the RNA plot's lines: one per base, layer, coefficient and these
 
 
 def plot_rna(rows: list[dict], out_dir: Path) -> Path | None:
-    """RNA: robustness drop after unlearning against nu, one line per setting of RNA_LINE_KEYS; the base
-    model's drop and plain RMU's (runs of this sweep) as reference lines."""
+    """RNA: robustness drop after unlearning against nu, one line per base method, layer, coefficient and
+    RNA_LINE_EXTRAS setting; the base model's drop and plain RMU's (runs of this sweep) as reference lines."""
     rna = [row for row in _completed(rows)
            if row["method"] == "rna" and row["nu"] is not None and row["robust_drop_after"] is not None]
     if not rna:
@@ -395,9 +395,9 @@ def plot_rna(rows: list[dict], out_dir: Path) -> Path | None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     groups = defaultdict(list)
     for row in rna:
-        groups[tuple(row[key] for key in RNA_LINE_KEYS)].append(row)
+        groups[(row["base"], row["layer"], row["coeff"], *(row[key] for key in RNA_LINE_EXTRAS))].append(row)
     # Name a line by the settings that tell it apart from the others: plus alpha, lr or steps where swept.
-    varying = [key for key in RNA_LINE_KEYS[3:] if len({row[key] for row in rna}) > 1]
+    varying = [key for key in RNA_LINE_EXTRAS if len({row[key] for row in rna}) > 1]
     for (base, layer, coeff, *_), mine in sorted(groups.items(), key=lambda kv: tuple(map(_order, kv[0]))):
         by_nu = defaultdict(list)
         for row in mine:

@@ -1,10 +1,13 @@
 """Benchmark: the fast activation engine against the reference approach, side by side in one run.
 
-Same model, same batches, same layer, same method (RMU); each engine runs in its own fresh process so the peak
-memory of one does not hide the other's. Prints the median step time and the peak resident memory during
-training of each, and the ratios.
+Same model, same batches, same layer, same method (RMU, or NPO + KL with `--method npo`); each engine runs in its
+own fresh process so the peak memory of one does not hide the other's. Prints the median step time and the peak
+resident memory during training of each, and the ratios. For NPO the reference approach is the plain one of
+the authors' code and open-unlearning: a deep copy of the whole model as the reference, full forwards of both,
+gradients enabled everywhere.
 
     python scripts/bench_engine.py                                  # smollm2-135m, layer 7, 256 tokens, batch 4
+    python scripts/bench_engine.py --method npo                     # NPO + KL on the same setting
     python scripts/bench_engine.py --model mistral-7b-shape --device cuda --steps 150   # on a GPU: 7B shapes, bf16
 
 `mistral-7b-shape` is Mistral-7B's architecture with random bf16 weights (no download): the published recipe's
@@ -94,7 +97,7 @@ def measure(args) -> dict:
     """One engine in this process: `steps` training steps, the first `warmup` not timed."""
     from unlearn.corpora import BatchStream
     from unlearn.engine import FastEngine, ReferenceEngine
-    from unlearn.methods import MethodSpec, control_vector
+    from unlearn.methods import MethodSpec, build
     from unlearn.models import trained_parameters
     from unlearn.train import TopicStreams, train
 
@@ -108,15 +111,17 @@ def measure(args) -> dict:
     stream = TopicStreams("bench", BatchStream(docs[::2], tokenizer, args.batch_size, args.max_length),
                           BatchStream(docs[1::2], tokenizer, args.batch_size, args.max_length))
     assert stream.forget.batch(0)["input_ids"].shape[1] == args.max_length, "documents too short for max_length"
-    d = model.config.hidden_size
-    u = control_vector(d, torch.Generator().manual_seed(0)).to(args.device)
+    spec = {"rmu": MethodSpec("rmu", "rmu", [1200.0], steering_coeffs=[6.5]),
+            "npo": MethodSpec("npo", "npo", [50.0], beta=0.1, retain_loss="kl")}[args.method]
+    method = build(spec, n_topics=1, hidden_size=model.config.hidden_size, device=args.device, seed=0)
     start, stop = peak_memory_sampler(args.device)
     start()
     engine = FastEngine(model, layer, layer - 2) if args.engine == "fast" else ReferenceEngine(model, layer)
+    method.setup(engine, [stream.forget.batch(0)])
     records = []
     began = time.perf_counter()
-    train(engine, MethodSpec("rmu", [6.5], [1200.0]), [stream], [u], [6.5], list(params.values()),
-          steps=args.steps, lr=5e-5, seed=0, on_step=records.append, progress=False)
+    train(engine, method, [stream], list(params.values()), steps=args.steps, lr=5e-5 if args.method == "rmu" else 2e-5,
+          on_step=records.append, progress=False)
     total = time.perf_counter() - began
     peak = stop()
     timed = [r["step_time_s"] for r in records[args.warmup :]]
@@ -127,6 +132,7 @@ def measure(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", choices=["smollm2-135m", "tiny-random", "mistral-7b-shape"])
+    parser.add_argument("--method", default="rmu", choices=["rmu", "npo"], help="rmu, or npo (NPO + KL)")
     parser.add_argument("--layer", type=int, default=7)
     parser.add_argument("--max-length", type=int, default=None, help="tokens per document (default 256; 512 for 7B)")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -149,7 +155,7 @@ def main() -> None:
         if done.returncode != 0:
             sys.exit(f"{engine} engine failed:\n{done.stderr[-3000:]}")
         results[engine] = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"model={args.model} layer={args.layer} batch={args.batch_size} max_length={args.max_length} "
+    print(f"method={args.method} model={args.model} layer={args.layer} batch={args.batch_size} max_length={args.max_length} "
           f"device={args.device} steps={args.steps} (median over the last {args.steps - args.warmup})")
     print(f"{'engine':<10} {'median step':>12} {'peak memory':>12} {'total':>9}")
     for name, r in results.items():

@@ -30,7 +30,7 @@ def tiny(tmp_path, corpus_files, *extra):
 
 
 @pytest.mark.parametrize("argument,expected", [
-    ("method=rmuu", "unknown method 'rmuu': did you mean method=rmu? valid names: adaptive_rmu, rmu, rna"),
+    ("method=rmuu", "unknown method 'rmuu': did you mean method=rmu? valid names: adaptive_rmu, npo, rmu, rna, simnpo"),
     ("model=smolm2-135m", "did you mean model=smollm2-135m?"),
     ("data=wmdpp", "did you mean data=wmdp?"),
     ("eval=dem", "did you mean eval=demo?"),
@@ -51,13 +51,23 @@ def tiny(tmp_path, corpus_files, *extra):
     ("device=cuda", "device=cuda but no CUDA GPU is visible: use device=cpu"),
     ("dtype=fp8", "dtype='fp8' is not supported"),
     ("foo=1", "Could not override 'foo'"),
+    ("method=rna method.base=dpo", "method.base='dpo' is not a method RNA can wrap: choose one of rmu, adaptive_rmu, npo, simnpo"),
+    ("method=rna method.base=rna", "method.base=rna: RNA wraps a base method, not itself"),
+    ("method=npo method.retain_loss=foo", "method.retain_loss='foo' is not a retain term: choose kl or mse"),
+    ("method=npo method.beta=0", "method.beta must be a positive number for npo, got 0: e.g. 0.1"),
+    ("method=simnpo method.beta=-1", "method.beta must be a positive number for simnpo, got -1"),
+    ("method=adaptive_rmu method.beta=0", "method.beta must be a positive number for adaptive_rmu, got 0: e.g. 5"),
+    ("method=npo method.steering_coeff=5", "Could not override 'method.steering_coeff'"),
+    ("method=npo +method.steering_coeff=5", "method.steering_coeff is not a setting of npo, which reads method.beta, method.alpha, method.retain_loss"),
+    ("method=rna method.base=npo method.steering_coeff=5", "method.steering_coeff is not a setting of rna over npo"),
+    ("method=rna method.retain_loss=mse", "method.retain_loss is not a setting of rna over rmu"),
     ("data.forget_path=/no/such/forget.jsonl", "forget corpus file /no/such/forget.jsonl does not exist"),
 ])
 def test_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument, expected):
     if argument.startswith("model=zephyr"):
         args = [a for a in tiny(tmp_path, corpus_files) if not a.startswith("model=")] + [argument]
     else:
-        args = tiny(tmp_path, corpus_files, argument)
+        args = tiny(tmp_path, corpus_files, *argument.split())
     if argument.startswith("device=cuda"):
         pytest.importorskip("torch")
         import torch
@@ -67,9 +77,9 @@ def test_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument,
 
 
 @pytest.mark.parametrize("method,argument,expected", [
-    ("adaptive_rmu", "method.beta=-1", "method.beta must be a non-negative number"),
+    ("adaptive_rmu", "method.beta=-1", "method.beta must be a positive number for adaptive_rmu, got -1"),
     ("rna", "method.nu=-0.1", "method.nu must be a non-negative number"),
-    ("rna", "method.base=npo", "RNA wraps rmu or adaptive_rmu"),
+    ("rna", "method.base=dpo", "is not a method RNA can wrap"),
 ])
 def test_precheck_rejects_method_settings(monkeypatch, capsys, tmp_path, corpus_files, method, argument, expected):
     line = precheck_error(monkeypatch, capsys, tmp_path, *tiny(tmp_path, corpus_files, f"method={method}", argument))

@@ -37,12 +37,18 @@ def only_run_dir(tmp_path: Path) -> Path:
     return runs[0]
 
 
-@pytest.mark.parametrize("method", ["rmu", "adaptive_rmu", "rna"])
+@pytest.mark.parametrize("method", ["rmu", "adaptive_rmu", "rna", "npo", "simnpo", "rna_simnpo"])
 def test_each_method_runs_and_leaves_the_run_directory(tmp_path, corpus_files, method):
-    done = unlearn(*tiny_args(tmp_path, corpus_files, f"method={method}", "layer=5"))
+    chosen = ["method=rna", "method.base=simnpo"] if method == "rna_simnpo" else [f"method={method}"]
+    done = unlearn(*tiny_args(tmp_path, corpus_files, *chosen, "layer=5"))
     assert done.returncode == 0, done.stderr
     run = only_run_dir(tmp_path)
-    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    steers = method in ("rmu", "adaptive_rmu", "rna")  # PO methods have no control vectors
+    noisy = method.startswith("rna")
+    written = {p.name for p in run.iterdir()}
+    assert RUN_FILES - {"control_vectors.safetensors"} <= written
+    assert ("control_vectors.safetensors" in written) == steers
+    method = method.removesuffix("_simnpo")
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed"
     assert manifest["layer"] == 5 and manifest["update_layers"] == [3, 4, 5] and manifest["method"] == method
@@ -51,9 +57,15 @@ def test_each_method_runs_and_leaves_the_run_directory(tmp_path, corpus_files, m
     assert [line["step"] for line in lines] == [0, 1, 2, 3]
     assert {"loss", "forget_loss", "retain_loss", "step_time_s", "topic"} <= lines[0].keys()
     assert ("adaptive_coeff" in lines[0]) == (method == "adaptive_rmu")
-    vectors = load_file(run / "control_vectors.safetensors")
-    assert vectors["local.u"].shape == (64,) and vectors["local.u"].norm().item() == pytest.approx(1.0, abs=1e-5)
-    modes = {name: (run / name).stat().st_mode & 0o777 for name in RUN_FILES - {"model"}}
+    assert manifest["method_settings"]["name"] == method
+    if steers:
+        vectors = load_file(run / "control_vectors.safetensors")
+        assert vectors["local.u"].shape == (64,) and vectors["local.u"].norm().item() == pytest.approx(1.0, abs=1e-5)
+    else:
+        assert "forget_nll" in lines[0]
+        # step 0: the updated model is the reference, so the retain term is 0 unless RNA perturbs the reference
+        assert (lines[0]["retain_loss"] > 1e-6) == noisy
+    modes = {name: (run / name).stat().st_mode & 0o777 for name in RUN_FILES - {"model"} if (run / name).exists()}
     assert len(set(modes.values())) == 1, modes  # every run file readable alike (umask), none left private
     resolved = (run / "config.yaml").read_text()
     assert "${" not in resolved  # fully resolved

@@ -30,7 +30,7 @@ def test_every_option_composes_and_resolves(group):
 def test_experiment_presets_compose():
     for option in group_options("experiment"):
         cfg = composed(f"experiment={option}")
-        assert cfg.method.name in ("rmu", "adaptive_rmu", "rna")
+        assert cfg.method.name in config.METHODS
 
 
 @pytest.fixture
@@ -62,11 +62,33 @@ def test_per_topic_lists_follow_topic_order():
     assert method.steering_coeffs == [6.5, 8.0] and method.alphas == [1200.0, 1000.0]
 
 
-def test_rna_wraps_rmu_or_adaptive_rmu():
+def test_rna_wraps_every_base_method():
     rna = config.method(composed("method=rna"), ["t"])
-    assert rna.nu == 0.01 and rna.steering_coeffs is not None
+    assert rna.base == "rmu" and rna.nu == 0.01 and rna.steering_coeffs == [300.0]
     over_adaptive = config.method(composed("method=rna", "method.base=adaptive_rmu"), ["t"])
-    assert over_adaptive.adaptive and over_adaptive.beta == 5 and over_adaptive.nu == 0.01
+    assert over_adaptive.base == "adaptive_rmu" and over_adaptive.beta == 5 and over_adaptive.steering_coeffs is None
+    over_npo = config.method(composed("method=rna", "method.base=npo", "method.retain_loss=mse"), ["t"])
+    assert (over_npo.base, over_npo.beta, over_npo.retain_loss, over_npo.reads_logits) == ("npo", 0.1, "mse", True)
+
+
+@pytest.mark.parametrize("base", ["rmu", "adaptive_rmu", "npo", "simnpo"])
+def test_rna_over_a_base_has_the_base_methods_defaults(base):
+    """RNA's config carries each base's defaults (conf/method/rna.yaml `bases`): they must be the base file's."""
+    plain, wrapped = composed(f"method={base}"), composed("method=rna", f"method.base={base}")
+    assert (wrapped.steps, wrapped.lr) == (plain.steps, plain.lr)
+    for key in config.METHOD_KEYS[base]:
+        assert wrapped.method[key] == plain.method[key], key
+
+
+def test_po_methods_read_their_own_recipe():
+    """The run's steps and lr come from the model preset's entry for the method: zephyr's NPO and SimNPO
+    settings are the RNA authors' (lr 2e-5; 150 and 50 steps), its RMU the published recipe."""
+    npo = composed("model=zephyr-7b-beta", "method=npo")
+    simnpo = composed("model=zephyr-7b-beta", "method=simnpo")
+    rmu = composed("model=zephyr-7b-beta")
+    assert (npo.lr, npo.steps, npo.method.alpha, npo.method.beta) == (2e-5, 150, 50, 0.1)
+    assert (simnpo.lr, simnpo.steps) == (2e-5, 50)
+    assert (rmu.lr, rmu.steps) == (5e-5, 150)
 
 
 def test_update_layers_default_and_explicit():

@@ -1,5 +1,6 @@
 """The fast engine computes the same losses and gradients as the reference approach (full forwards with a hook,
-a full frozen copy), over several training steps, on tiny models of three architecture families."""
+a full frozen copy or, for PO methods, two full models with gradients everywhere), over several training steps,
+on tiny models of three architecture families."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import torch
 
 from unlearn.corpora import BatchStream
 from unlearn.engine import FastEngine, ReferenceEngine
-from unlearn.methods import MethodSpec, control_vector
+from unlearn.methods import MethodSpec, build, control_vector
 from unlearn.models import decoder_blocks, load_model, trained_parameters
-from unlearn.train import TopicStreams, steering_coefficients, train
+from unlearn.train import TopicStreams, train
 
 FORGET = [f"the virus capsid protects the genome number {i} " * (1 + i % 3) for i in range(16)]
 RETAIN = [f"the river flows past the old city walls {i} " * (1 + i % 4) for i in range(16)]
@@ -26,11 +27,11 @@ def _train_with(engine_kind: str, arch: str, pattern: str, layer: int, method: M
         weight.requires_grad_(True)
     engine = FastEngine(model, layer, update[0]) if engine_kind == "fast" else ReferenceEngine(model, layer)
     streams = [TopicStreams("t", BatchStream(FORGET, tokenizer, 4, 32), BatchStream(RETAIN, tokenizer, 4, 32))]
-    vectors = [control_vector(model.config.get_text_config().hidden_size, torch.Generator().manual_seed(0))]
-    coefficients, _ = steering_coefficients(engine, method, streams)
+    built = build(method, n_topics=1, hidden_size=model.config.get_text_config().hidden_size, device="cpu", seed=0)
+    built.setup(engine, [streams[0].forget.batch(0)])
     records = []
-    train(engine, method, streams, vectors, coefficients, list(params.values()), steps=steps, lr=1e-2, seed=0,
-          on_step=records.append, progress=False)
+    train(engine, built, streams, list(params.values()), steps=steps, lr=1e-2, on_step=records.append,
+          progress=False)
     return records, {name: w.detach().clone() for name, w in params.items()}, model
 
 
@@ -40,10 +41,13 @@ def _train_with(engine_kind: str, arch: str, pattern: str, layer: int, method: M
     ("gpt-neox", "mlp.dense_4h_to_h", 3),
 ])
 @pytest.mark.parametrize("method", [
-    MethodSpec("rmu", [6.5], [100.0]),
-    MethodSpec("adaptive_rmu", None, [100.0], beta=5.0),
-    MethodSpec("rna", [6.5], [100.0], nu=0.05),
-], ids=["rmu", "adaptive_rmu", "rna"])
+    MethodSpec("rmu", "rmu", [100.0], steering_coeffs=[6.5]),
+    MethodSpec("adaptive_rmu", "adaptive_rmu", [100.0], beta=5.0),
+    MethodSpec("rna", "rmu", [100.0], steering_coeffs=[6.5], nu=0.05),
+    MethodSpec("npo", "npo", [1.0], beta=0.1, retain_loss="kl"),
+    MethodSpec("simnpo", "simnpo", [1.0], beta=0.1, retain_loss="mse"),
+    MethodSpec("rna", "npo", [1.0], beta=0.1, retain_loss="kl", nu=0.0),
+], ids=["rmu", "adaptive_rmu", "rna", "npo_kl", "simnpo_mse", "rna_npo_nu0"])
 def test_fast_engine_matches_reference(arch, pattern, layer, method):
     fast_records, fast_weights, _ = _train_with("fast", arch, pattern, layer, method)
     ref_records, ref_weights, _ = _train_with("reference", arch, pattern, layer, method)
@@ -83,7 +87,8 @@ def test_first_step_gradients_match():
 def test_fast_engine_trains_only_selected_weights_and_keeps_no_full_copy():
     model, _ = load_model("tiny://llama", seed=0)
     before = copy.deepcopy(model.state_dict())
-    records, weights, trained_model = _train_with("fast", "llama", "mlp.down_proj", 7, MethodSpec("rmu", [6.5], [100.0]))
+    records, weights, trained_model = _train_with("fast", "llama", "mlp.down_proj", 7,
+                                                  MethodSpec("rmu", "rmu", [100.0], steering_coeffs=[6.5]))
     after = trained_model.state_dict()
     changed = {k for k in after if not torch.equal(before[k], after[k])}
     assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (5, 6, 7)}

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearn.methods import adaptive_coefficient, control_vector, mean_token_norm, noisy_retain_target, rmu_loss
-from unlearn.methods.losses import mse
+from unlearn.methods import MethodSpec, build, control_vector
+from unlearn.methods.adaptive_rmu import adaptive_coefficient, mean_token_norm
+from unlearn.methods.losses import kl_retain, mse, mse_retain, nll
+from unlearn.methods.npo import npo_forget_loss
+from unlearn.methods.rmu import rmu_loss
+from unlearn.methods.rna import noisy as noisy_retain_target
+from unlearn.methods.simnpo import simnpo_forget_loss
 
 U = torch.tensor([0.6, 0.8])  # a unit vector, d = 2
 
@@ -74,3 +79,68 @@ def test_rna_noise_is_fresh_absolute_gaussian():
     assert noise.std().item() == pytest.approx(0.05, rel=0.02)  # absolute, not relative to the activations' 100
     assert not torch.equal(first, second)  # fresh at every step
     assert torch.equal(noisy_retain_target(frozen, 0.0, generator), frozen)
+
+
+def test_npo_and_simnpo_forget_terms_by_hand():
+    """beta = 0.1. NPO with NLL_theta = 2, NLL_ref = 1: -(2/0.1) logsigmoid(0.1 * 1) = -20 log(0.524979) = 12.88794.
+    SimNPO with NLL_theta = 2: -20 logsigmoid(0.2) = -20 log(0.549834) = 11.96278. At the first step NPO's
+    log-ratio is 0: -20 log(0.5) = 13.86294, whatever the NLL."""
+    assert npo_forget_loss(torch.tensor(2.0), torch.tensor(1.0), 0.1).item() == pytest.approx(12.88794, rel=1e-5)
+    assert npo_forget_loss(torch.tensor(5.3), torch.tensor(5.3), 0.1).item() == pytest.approx(13.86294, rel=1e-5)
+    assert simnpo_forget_loss(torch.tensor(2.0), 0.1).item() == pytest.approx(11.96278, rel=1e-5)
+
+
+def test_nll_leaves_padding_out_by_hand():
+    """V = 2, one left-padded sequence: ids (0, 1, 1), mask (0, 1, 1), so labels (-100, 1, 1). Position 0 (the pad)
+    predicts token 1 with logits (0, 0): CE = ln 2 = 0.693147; position 1 predicts token 1 with logits (0, ln 3):
+    p = 3/4, CE = ln(4/3) = 0.287682; position 2 predicts nothing. Mean = 0.490415."""
+    logits = torch.tensor([[[0.0, 0.0], [0.0, torch.log(torch.tensor(3.0)).item()], [5.0, -5.0]]])
+    value = nll(logits, torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 1]]))
+    assert value.item() == pytest.approx(0.490415, rel=1e-5)
+
+
+def test_nll_is_hugging_faces_causal_lm_loss_with_padding_ignored():
+    from unlearn.models import load_model
+
+    model, tokenizer = load_model("tiny://llama", seed=0)
+    batch = tokenizer(["a short one", "a much longer document than the other"], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    output = model(**batch, labels=labels)
+    assert nll(output.logits, batch["attention_mask"], batch["input_ids"]).item() == pytest.approx(output.loss.item(), rel=1e-5)
+
+
+def test_retain_terms_by_hand():
+    """Two positions, V = 2. Position 1: theta logits (ln 3, 0) -> p = (3/4, 1/4); reference logits (0, 0) -> (1/2, 1/2).
+    KL(ref || theta) = 0.5 ln(0.5/0.75) + 0.5 ln(0.5/0.25) = 0.143841; position 2 identical in both: 0.
+    KL averaged over the B*T = 2 positions: 0.071921. MSE of log-softmax: differences (ln .75 - ln .5, ln .25 - ln .5)
+    = (0.405465, -0.693147), squares summing to 0.644855, over B*T*V = 4 values: 0.161214. With the second
+    position masked out, KL = 0.143841 and MSE = 0.644855 / 2 = 0.322428."""
+    ln3 = torch.log(torch.tensor(3.0)).item()
+    theta = torch.tensor([[[ln3, 0.0], [1.0, 2.0]]])
+    reference = torch.tensor([[[0.0, 0.0], [1.0, 2.0]]])
+    assert kl_retain(theta, reference).item() == pytest.approx(0.071921, rel=1e-4)
+    assert mse_retain(theta, reference).item() == pytest.approx(0.161214, rel=1e-4)
+    mask = torch.tensor([[1, 0]])
+    assert kl_retain(theta, reference, mask).item() == pytest.approx(0.143841, rel=1e-4)
+    assert mse_retain(theta, reference, mask).item() == pytest.approx(0.322428, rel=1e-4)
+
+
+def test_rna_over_po_perturbs_the_reference_retain_logits_only():
+    """Over NPO, RNA's noise enters the reference's h_l in the retain forward and reaches its logits; the
+    forget term (clean reference) and the updated model are untouched, and nu = 0 is plain NPO."""
+    from unlearn.corpora import BatchStream
+    from unlearn.engine import FastEngine
+    from unlearn.models import load_model
+
+    model, tokenizer = load_model("tiny://llama", seed=0)
+    engine = FastEngine(model, 7, 5)
+    forget = BatchStream(["the virus capsid"] * 4, tokenizer, 4, 16).batch(0)
+    retain = BatchStream(["the river flows"] * 4, tokenizer, 4, 16).batch(0)
+    parts = {}
+    for label, nu in (("npo", None), ("rna0", 0.0), ("rna", 0.5)):
+        spec = MethodSpec("rna" if nu is not None else "npo", "npo", [1.0], beta=0.1, retain_loss="kl", nu=nu)
+        parts[label] = build(spec, n_topics=1, hidden_size=64, device="cpu", seed=0).loss(engine, 0, forget, retain)
+    assert parts["rna0"].loss.item() == parts["npo"].loss.item()
+    assert parts["rna"].forget_loss.item() == parts["npo"].forget_loss.item()
+    assert parts["npo"].retain_loss.item() == pytest.approx(0.0, abs=1e-9)  # untrained: theta = reference
+    assert parts["rna"].retain_loss.item() > 1e-4  # the noise propagated to the reference's logits

@@ -125,7 +125,8 @@ def precheck(overrides: list[str], multirun: bool = False) -> None:
                 first.append(override.input_line)
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=first)
-        plan(cfg)
+        keys = [override.get_key_element().lstrip("+~") for override in parsed]
+        plan(cfg, [key for key in keys if key.startswith("method.")])
         check_logger(cfg)
         check_writable(_output_dir(cfg, overrides, multirun))
     except (HydraException, OmegaConfBaseException) as exc:

@@ -14,7 +14,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 from unlearn.corpora import CorpusSpec, is_local, resolve_path
 from unlearn.errors import UnlearnError
-from unlearn.methods import METHODS, MethodSpec
+from unlearn.methods import BASES, METHOD_KEYS, METHODS, PO_METHODS, RETAIN_LOSSES, MethodSpec
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -125,18 +125,61 @@ def _missing_path_message(topic: str, side: str) -> str:
     return f"data.topics.{topic}.{side}.path is required"
 
 
-def method(cfg: DictConfig, topic_names: list[str]) -> MethodSpec:
+# Keys every method config may carry besides its own: its name, and the model preset's defaults it reads.
+_PLUMBING_KEYS = ("name", "recipe", "bases")
+
+
+def method_name_and_base(cfg: DictConfig) -> tuple[str, str]:
+    """`method.name` and the method that computes the loss (RNA's `method.base`), checked first: the rest of
+    the config's defaults depend on them."""
     name = cfg.method.name
     if name not in METHODS:
         raise UnlearnError(f"unknown method '{name}': choose one of {', '.join(METHODS)}")
-    base = cfg.method.get("base", "rmu") if name == "rna" else name
-    if base not in ("rmu", "adaptive_rmu"):
-        raise UnlearnError(f"method.base={base!r}: RNA wraps rmu or adaptive_rmu")
-    alphas = per_topic(cfg, "method.alpha", topic_names)
-    nu = non_negative(cfg.method.nu, "method.nu") if name == "rna" else None
-    if base == "adaptive_rmu":
-        return MethodSpec(name, None, alphas, beta=non_negative(cfg.method.beta, "method.beta"), nu=nu)
-    return MethodSpec(name, per_topic(cfg, "method.steering_coeff", topic_names), alphas, nu=nu)
+    if name != "rna":
+        return name, name
+    base = cfg.method.base
+    if base == "rna":
+        raise UnlearnError("method.base=rna: RNA wraps a base method, not itself; choose one of " + ", ".join(BASES))
+    if base not in BASES:
+        raise UnlearnError(f"method.base={base!r} is not a method RNA can wrap: choose one of {', '.join(BASES)}")
+    return name, base
+
+
+def method(cfg: DictConfig, topic_names: list[str], overridden: list[str] = ()) -> MethodSpec:
+    """The method's checked settings. `overridden`: the `method.*` keys the command line set, checked against
+    the keys the method reads (RNA's config carries every base's keys; only its base's may be set)."""
+    name, base = method_name_and_base(cfg)
+    reads = (*METHOD_KEYS[base], *(("base", "nu") if name == "rna" else ()))
+    given = [key for key in cfg.method if key not in _PLUMBING_KEYS]
+    if name != "rna":
+        _refuse_foreign_keys(name, [k for k in given if k not in reads], reads)
+    _refuse_foreign_keys(f"{name} over {base}" if name == "rna" else name,
+                         [k.removeprefix("method.") for k in overridden if k.removeprefix("method.") not in reads
+                          and k.removeprefix("method.") not in _PLUMBING_KEYS], reads)
+    spec = MethodSpec(name, base, per_topic(cfg, "method.alpha", topic_names), mask_padding=bool(cfg.mask_padding))
+    if base == "rmu":
+        spec.steering_coeffs = per_topic(cfg, "method.steering_coeff", topic_names)
+    if base in ("adaptive_rmu", *PO_METHODS):
+        spec.beta = cfg.method.beta
+        if isinstance(spec.beta, bool) or not isinstance(spec.beta, (int, float)) or spec.beta <= 0:
+            usual = "5 (the paper's adaptive scale)" if base == "adaptive_rmu" else "0.1 (the authors' inverse temperature)"
+            raise UnlearnError(f"method.beta must be a positive number for {base}, got {spec.beta!r}: e.g. {usual}")
+        spec.beta = float(spec.beta)
+    if base in PO_METHODS:
+        spec.retain_loss = cfg.method.retain_loss
+        if spec.retain_loss not in RETAIN_LOSSES:
+            raise UnlearnError(f"method.retain_loss={spec.retain_loss!r} is not a retain term: choose "
+                               f"{' or '.join(RETAIN_LOSSES)} (KL to the reference, or MSE of log-probabilities)")
+    if name == "rna":
+        spec.nu = non_negative(cfg.method.nu, "method.nu")
+    spec.settings = {key: OmegaConf.to_container(cfg.method, resolve=True)[key] for key in ("name", *reads)}
+    return spec
+
+
+def _refuse_foreign_keys(method_label: str, foreign: list[str], reads: tuple[str, ...]) -> None:
+    if foreign:
+        raise UnlearnError(f"method.{foreign[0]} is not a setting of {method_label}, which reads "
+                           f"{', '.join('method.' + k for k in reads)}: drop it, or choose the method it belongs to")
 
 
 def device(requested: str) -> str:

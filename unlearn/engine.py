@@ -1,14 +1,16 @@
-"""Reading `h_l`, the output of the unlearn block, for the updated and the frozen model.
+"""The forward passes the methods read, for the updated model and the frozen (reference) one.
 
-The methods need three activations per step: the updated model's `h_l` on the forget batch and on the retain
-batch (with gradient), and the frozen model's `h_l` on the retain batch. The reference code gets them by
-running the whole model three times, LM head included, beside a full frozen copy, with gradients enabled
-everywhere. `FastEngine` computes the same tensors with far less work:
+RM methods need `h_l`, the output of the unlearn block: the updated model's on the forget and retain batches
+(with gradient) and the frozen model's on the retain batch. PO methods need logits: the updated model's (with
+gradient) and the reference's (without), the reference's optionally with RNA's noise on its `h_l`. The
+reference code gets them by running whole models, LM head included, beside a full frozen copy, with gradients
+enabled everywhere. `FastEngine` computes the same tensors with far less work:
 
-1. the forward stops after block `l`;
+1. for `h_l`, the forward stops after block `l`;
 2. blocks below the first trained block are the same in both models: they run once per batch, without
    gradient, and their output feeds both the updated and the frozen computation;
-3. the frozen model is a copy of the trained blocks `l0..l` only;
+3. the frozen model is a copy of the trained blocks `l0..l` only: for logits, both sides continue through the
+   same untrained blocks above `l`, final norm and head (the reference without gradient);
 4. nothing but the trained weights requires grad.
 
 `ReferenceEngine` is the plain approach, kept for the equivalence test and the benchmark.
@@ -17,21 +19,33 @@ everywhere. `FastEngine` computes the same tensors with far less work:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from unlearn.models import decoder_blocks
+from unlearn.models import decoder_blocks, output_head
+
+
+Perturb = Callable[[torch.Tensor], torch.Tensor]  # applied to the reference's h_l (RNA's noise)
 
 
 class Engine(Protocol):
     def prepare(self, batch: dict[str, torch.Tensor]) -> Any: ...
 
-    def updated(self, prepared: Any) -> torch.Tensor: ...
+    def updated(self, prepared: Any) -> torch.Tensor:
+        """The updated model's h_l (B, T, d), with gradient."""
 
-    def frozen(self, prepared: Any) -> torch.Tensor: ...
+    def frozen(self, prepared: Any) -> torch.Tensor:
+        """The frozen model's h_l (B, T, d)."""
+
+    def updated_logits(self, prepared: Any) -> torch.Tensor:
+        """The updated model's logits (B, T, V), with gradient."""
+
+    def reference_logits(self, prepared: Any, perturb: Perturb | None = None) -> torch.Tensor:
+        """The frozen model's logits (B, T, V), with `perturb` applied to its h_l first."""
 
 
 @dataclass
@@ -60,8 +74,10 @@ class FastEngine:
         blocks = decoder_blocks(model)
         self.first_trained = blocks[first_trained_layer]
         self.updated_blocks = list(blocks[first_trained_layer : unlearn_layer + 1])
-        # Frozen copies of the trained blocks only: the blocks below them are shared, the ones above unused.
+        # Frozen copies of the trained blocks only: the blocks below them are shared, and so are the ones above
+        # (untrained, so the same in both models), which only the logits need.
         self.frozen_blocks = [copy.deepcopy(block).requires_grad_(False) for block in self.updated_blocks]
+        self.upper_blocks = list(blocks[unlearn_layer + 1 :])
 
     @torch.no_grad()
     def prepare(self, batch: dict[str, torch.Tensor]) -> BlockInput:
@@ -92,9 +108,23 @@ class FastEngine:
     def frozen(self, prepared: BlockInput) -> torch.Tensor:
         return self._run(self.frozen_blocks, prepared)
 
+    def updated_logits(self, prepared: BlockInput) -> torch.Tensor:
+        return self._logits(self.updated(prepared), prepared)
+
+    @torch.no_grad()
+    def reference_logits(self, prepared: BlockInput, perturb: Perturb | None = None) -> torch.Tensor:
+        h = self.frozen(prepared)
+        if perturb is not None:
+            h = perturb(h).to(h.dtype)
+        return self._logits(h, prepared)
+
+    def _logits(self, h: torch.Tensor, prepared: BlockInput) -> torch.Tensor:
+        final_norm, head = output_head(self.model)
+        return head(final_norm(self._run(self.upper_blocks, prepared, h)))  # (B, T, V)
+
     @staticmethod
-    def _run(blocks: list[nn.Module], prepared: BlockInput) -> torch.Tensor:
-        hidden = prepared.hidden
+    def _run(blocks: list[nn.Module], prepared: BlockInput, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = prepared.hidden if hidden is None else hidden
         for block in blocks:
             hidden = _block_output(block(hidden, *prepared.args, **prepared.kwargs))
         return hidden  # (B, T, d)
@@ -121,13 +151,36 @@ class ReferenceEngine:
     def frozen(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._forward_with_hook(self.frozen_model, batch)
 
+    def updated_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._forward(self.model, batch).logits
+
+    @torch.no_grad()
+    def reference_logits(self, batch: dict[str, torch.Tensor], perturb: Perturb | None = None) -> torch.Tensor:
+        if perturb is None:
+            return self._forward(self.frozen_model, batch).logits
+
+        def replace_output(module, args, output):
+            h = perturb(_block_output(output)).to(_block_output(output).dtype)
+            return (h, *output[1:]) if isinstance(output, (tuple, list)) else h
+
+        handle = decoder_blocks(self.frozen_model)[self.layer].register_forward_hook(replace_output)
+        try:
+            return self._forward(self.frozen_model, batch).logits
+        finally:
+            handle.remove()
+
     def _forward_with_hook(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         captured = []
         block = decoder_blocks(model)[self.layer]
         handle = block.register_forward_hook(lambda module, args, output: captured.append(_block_output(output)))
-        device = next(block.parameters()).device
         try:
-            model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False)
+            self._forward(model, batch)
         finally:
             handle.remove()
         return captured[0]
+
+    @staticmethod
+    def _forward(model: nn.Module, batch: dict[str, torch.Tensor]):
+        device = next(model.parameters()).device
+        return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                     use_cache=False)

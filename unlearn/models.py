@@ -38,6 +38,9 @@ BLOCK_PATHS = (
     "gpt_neox.layers",  # GPT-NeoX, Pythia
     "model.decoder.layers",  # OPT
 )
+# The norm applied after the last block, before the LM head, by the same families.
+FINAL_NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
+                    "model.decoder.final_layer_norm")
 
 
 def cache_root() -> Path:
@@ -270,19 +273,42 @@ def byte_tokenizer():
 # Finding blocks and weights by name
 
 
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    module = model
+    for attr in path.split("."):
+        module = getattr(module, attr, None)
+        if module is None:
+            return None
+    return module
+
+
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     """The model's decoder blocks, in order, found by attribute path (never by position in `parameters()`)."""
     for path in BLOCK_PATHS:
-        module = model
-        for attr in path.split("."):
-            module = getattr(module, attr, None)
-            if module is None:
-                break
+        module = _submodule(model, path)
         if isinstance(module, nn.ModuleList):
             return module
     raise UnlearnError(
         f"cannot find the decoder blocks of {type(model).__name__}: supported layouts are "
         + ", ".join(BLOCK_PATHS)
+    )
+
+
+def output_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The final norm and the LM head: what turns the last block's output into logits (PO methods read them)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        raise UnlearnError(f"{type(model).__name__} rescales its logits after the head, which the fast engine does "
+                           "not reproduce: PO methods (npo, simnpo) support Llama, Mistral, Qwen2, GPT-2 and "
+                           "GPT-NeoX layouts; use an RM method (rmu, adaptive_rmu) with this model")
+    head = model.get_output_embeddings()
+    for path in FINAL_NORM_PATHS:
+        norm = _submodule(model, path)
+        if isinstance(norm, nn.Module) and head is not None:
+            return norm, head
+    raise UnlearnError(
+        f"cannot find the final norm and LM head of {type(model).__name__} (PO methods read the logits): "
+        "supported layouts are " + ", ".join(FINAL_NORM_PATHS) + "; use an RM method (rmu, adaptive_rmu)"
     )
 
 
@@ -318,8 +344,10 @@ def trained_parameters(model: nn.Module, update_layers: list[int], param_pattern
     return selected
 
 
-def check_parameter_pattern(config, update_layers: list[int], param_pattern: str, trust_remote_code: bool = False) -> None:
-    """`trained_parameters` on a weightless copy of the model (meta device): a bad pattern fails before loading."""
+def check_model_layout(config, update_layers: list[int], param_pattern: str, trust_remote_code: bool = False,
+                       needs_head: bool = False) -> None:
+    """`trained_parameters` (and, for a method that reads logits, `output_head`) on a weightless copy of the model
+    (meta device): a bad pattern or an unsupported layout fails before loading."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -332,3 +360,5 @@ def check_parameter_pattern(config, update_layers: list[int], param_pattern: str
     except Exception:  # an architecture that can't be built on meta: the check runs after loading instead
         return
     trained_parameters(skeleton, update_layers, param_pattern)
+    if needs_head:
+        output_head(skeleton)

@@ -19,11 +19,11 @@ from unlearn.config import TopicSpec
 from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, read_texts
 from unlearn.engine import FastEngine
 from unlearn.errors import UnlearnError
-from unlearn.methods import MethodSpec, control_vector
+from unlearn.methods import MethodSpec, build as build_method
 from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table
-from unlearn.models import cache_root, check_parameter_pattern, load_model, load_model_config, num_blocks, trained_parameters
+from unlearn.models import cache_root, check_model_layout, load_model, load_model_config, num_blocks, trained_parameters
 from unlearn.tracking import NullTracker, start_tracker
-from unlearn.train import TopicStreams, steering_coefficients, train
+from unlearn.train import TopicStreams, train
 
 
 @dataclass
@@ -39,15 +39,17 @@ class Plan:
     eval_spec: EvalSpec | None  # None: eval=none
 
 
-def plan(cfg: DictConfig) -> Plan:
+def plan(cfg: DictConfig, overridden_method_keys: list[str] = ()) -> Plan:
+    config.method_name_and_base(cfg)  # first: the method's defaults (steps, lr, ...) depend on it
     config.check_training(cfg)
     topics = config.topics(cfg)
-    method = config.method(cfg, [t.name for t in topics])
+    method = config.method(cfg, [t.name for t in topics], overridden_method_keys)
     device = config.device(cfg.device)
     dtype = config.dtype(cfg.dtype, device)
     model_config = load_model_config(cfg.model.name_or_path, cfg.model.trust_remote_code)
     layer, update_layers = config.unlearn_layers(cfg, num_blocks(model_config))
-    check_parameter_pattern(model_config, update_layers, cfg.param_pattern, cfg.model.trust_remote_code)
+    check_model_layout(model_config, update_layers, cfg.param_pattern, cfg.model.trust_remote_code,
+                       needs_head=method.reads_logits)
     return Plan(topics, method, layer, update_layers, device, dtype, _eval_spec(cfg))
 
 
@@ -120,27 +122,33 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     if cfg.data.chunk:
         check_sizes([(s.name, len(s.forget), len(s.retain)) for s in streams], cfg.steps, cfg.batch_size,
                     cfg.data.cycle, unit="chunks")
-    generator = torch.Generator().manual_seed(cfg.seed)
     hidden_size = model.config.get_text_config().hidden_size
     activation_device = next(iter(params.values())).device
-    vectors = [control_vector(hidden_size, generator).to(activation_device) for _ in topics]
+    method = build_method(p.method, n_topics=len(streams), hidden_size=hidden_size, device=activation_device,
+                          seed=cfg.seed)
+    vectors = method.steering.control_vectors if method.steering is not None else []
 
     probe_texts = _probe_texts(p.eval_spec) if p.eval_spec is not None else None
     keywords = {t.name: t.keywords for t in p.topics}
     before = None
     if p.eval_spec is not None and p.eval_spec.before:
         base_model = f"{cfg.model.name_or_path}|{p.dtype}|seed={cfg.seed}"  # seed: tiny models are built from it
-        before = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=base_model)
+        before = _evaluate(model, tokenizer, p, streams, vectors, keywords, probe_texts, cache_key=base_model)
 
     engine = FastEngine(model, p.layer, p.update_layers[0])
-    coefficients, norms = steering_coefficients(engine, p.method, streams)
-    _save_control_vectors(run_dir, streams, vectors, coefficients)
-    manifest.update(steering_coeffs=coefficients, adaptive_norms=norms, trained_parameters=list(params))
+    method.setup(engine, [s.forget.batch(0) for s in streams])
+    manifest.update(method_settings=p.method.settings, trained_parameters=list(params))
+    coefficients, norms = [None] * len(streams), [None] * len(streams)
+    described = f"{p.method.name} over {p.method.base}" if p.method.name == "rna" else p.method.name
+    if method.steering is not None:  # RM methods: their control vectors and coefficients, before training
+        coefficients, norms = method.steering.coefficients, method.steering.adaptive_norms
+        _save_control_vectors(run_dir, streams, vectors, coefficients)
+        manifest.update(steering_coeffs=coefficients, adaptive_norms=norms)
+        described += f", coefficients {[round(c, 3) for c in coefficients]}"
     print(f"Training {sum(w.numel() for w in params.values()):,} weights ({len(params)} tensors) "
-          f"with {p.method.name} at layer {p.layer}, coefficients {[round(c, 3) for c in coefficients]}")
+          f"with {described} at layer {p.layer}")
     losses: list[dict] = []
-    train(engine, p.method, streams, vectors, coefficients, list(params.values()),
-          steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, mask_padding=cfg.mask_padding,
+    train(engine, method, streams, list(params.values()), steps=cfg.steps, lr=cfg.lr,
           on_step=lambda record: (metrics.write(record), tracker.log_step(record), losses.append(record)))
     del engine  # frees the frozen copies before evaluation
     model.requires_grad_(False)
@@ -151,7 +159,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         "after": None,
     }
     if p.eval_spec is not None:
-        results["after"] = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=None)
+        results["after"] = _evaluate(model, tokenizer, p, streams, vectors, keywords, probe_texts, cache_key=None)
         print(format_table(before, results["after"]))
     rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
     tracker.log_results(results)
@@ -169,8 +177,8 @@ def _streams(topic, tokenizer, cfg: DictConfig) -> TopicStreams:
     return TopicStreams(topic.name, stream(topic.forget, topic.forget_max_length), stream(topic.retain, topic.retain_max_length))
 
 
-def _evaluate(model, tokenizer, p: Plan, vectors, keywords, probe_texts, cache_key):
-    names = [t.name for t in p.topics]
+def _evaluate(model, tokenizer, p: Plan, streams, vectors, keywords, probe_texts, cache_key):
+    names = [t.name for t in streams]
     return evaluate(model, tokenizer, p.eval_spec, unlearn_layer=p.layer,
                     control_vectors=dict(zip(names, [v.detach().cpu() for v in vectors])),
                     keywords=keywords, probe_texts=probe_texts, cache_key=cache_key, cache_dir=cache_root() / "eval")

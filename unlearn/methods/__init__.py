@@ -1,35 +1,94 @@
-"""The RM methods: RMU, Adaptive RMU and RNA, one small module each, plus `Steering`, the per-run state they
-share (one control vector and one coefficient per topic)."""
+"""The unlearning methods, each a small component behind one interface, built from its config in one place.
+
+A method owns its loss: the training loop hands it a topic's forget and retain batches and gets back the loss
+parts; it knows nothing of any method. RM methods (RMU, Adaptive RMU) read the unlearn block's output `h_l`; PO
+methods (NPO, SimNPO) read the LM head's output. RNA wraps any of them with noise on the retain side.
+
+    spec = config.method(cfg, topic_names)          # checked plain values, before any weights load
+    method = build(spec, hidden_size=..., device=..., seed=...)
+    method.setup(engine, first_forget_batches)      # e.g. Adaptive RMU's coefficients
+    parts = method.loss(engine, topic, forget_batch, retain_batch)
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
-from unlearn.methods.adaptive_rmu import adaptive_coefficient, mean_token_norm
-from unlearn.methods.rmu import LossParts, control_vector, rmu_loss
-from unlearn.methods.rna import noisy_retain_target
+from unlearn.methods import adaptive_rmu, npo, rmu, rna, simnpo
+from unlearn.methods.losses import LossParts
+from unlearn.methods.rmu import Steering, control_vector
 
-METHODS = ("rmu", "adaptive_rmu", "rna")
+# Each base method and the config keys (under `method.`) it reads; RNA reads `base`, `nu` and its base's keys.
+METHOD_KEYS = {
+    "rmu": ("steering_coeff", "alpha"),
+    "adaptive_rmu": ("beta", "alpha"),
+    "npo": ("beta", "alpha", "retain_loss"),
+    "simnpo": ("beta", "alpha", "retain_loss"),
+}
+BASES = tuple(METHOD_KEYS)
+METHODS = (*BASES, "rna")
+PO_METHODS = ("npo", "simnpo")
+RETAIN_LOSSES = ("kl", "mse")
+
+
+class Method(Protocol):
+    reads_logits: bool  # True: the engine must run the blocks above `l` and the LM head (PO methods)
+    steering: Steering | None  # the control vectors and coefficients of an RM method; None for PO methods
+
+    def setup(self, engine, first_forget_batches: list[dict[str, torch.Tensor]]) -> None:
+        """Once, before the first step: anything measured on the frozen model (Adaptive RMU's N_topic)."""
+
+    def loss(self, engine, topic: int, forget_batch: dict[str, torch.Tensor],
+             retain_batch: dict[str, torch.Tensor]) -> LossParts: ...
 
 
 @dataclass
 class MethodSpec:
-    """What the train loop needs to know of a method; built from the config in one place (run.py)."""
+    """A method's checked settings, per topic where the config allows a list; built from the config in config.py."""
 
-    name: str  # rmu | adaptive_rmu | rna
-    steering_coeffs: list[float] | None  # per topic; None when adaptive
-    alphas: list[float]  # per topic
-    beta: float | None = None  # Adaptive RMU scale (adaptive_rmu, or rna over it)
-    nu: float | None = None  # RNA noise scale (rna only)
+    name: str  # rmu | adaptive_rmu | npo | simnpo | rna
+    base: str  # the method that computes the loss: `name`, or what RNA wraps
+    alphas: list[float]
+    steering_coeffs: list[float] | None = None  # rmu
+    beta: float | None = None  # adaptive_rmu: the adaptive scale; npo, simnpo: the inverse temperature
+    retain_loss: str | None = None  # npo, simnpo: kl | mse
+    nu: float | None = None  # rna: the noise scale
+    mask_padding: bool = False
+    settings: dict = field(default_factory=dict)  # what the manifest records of the method
 
     @property
-    def adaptive(self) -> bool:
-        return self.steering_coeffs is None
+    def reads_logits(self) -> bool:
+        return self.base in PO_METHODS
+
+
+def build(spec: MethodSpec, *, n_topics: int, hidden_size: int, device: torch.device | str, seed: int) -> Method:
+    """The method object for `spec`: control vectors drawn (RM methods), RNA's noise seeded apart from them."""
+    if spec.base == "rmu":
+        method = rmu.RMU(_draw_vectors(n_topics, hidden_size, device, seed), spec.steering_coeffs, spec.alphas,
+                         spec.mask_padding)
+    elif spec.base == "adaptive_rmu":
+        method = adaptive_rmu.AdaptiveRMU(_draw_vectors(n_topics, hidden_size, device, seed), spec.beta,
+                                          spec.alphas, spec.mask_padding)
+    elif spec.base == "npo":
+        method = npo.NPO(spec.beta, spec.alphas, spec.retain_loss, spec.mask_padding)
+    elif spec.base == "simnpo":
+        method = simnpo.SimNPO(spec.beta, spec.alphas, spec.retain_loss, spec.mask_padding)
+    else:
+        raise ValueError(f"unknown base method {spec.base!r}")
+    if spec.name == "rna":
+        rna.wrap(method, spec.nu, torch.Generator(device=device).manual_seed(seed + 1))
+    return method
+
+
+def _draw_vectors(n_topics: int, hidden_size: int, device, seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [control_vector(hidden_size, generator).to(device) for _ in range(n_topics)]
 
 
 __all__ = [
-    "METHODS", "LossParts", "MethodSpec", "adaptive_coefficient", "control_vector", "mean_token_norm",
-    "noisy_retain_target", "rmu_loss",
+    "BASES", "METHODS", "METHOD_KEYS", "PO_METHODS", "RETAIN_LOSSES", "LossParts", "Method", "MethodSpec",
+    "Steering", "build", "control_vector",
 ]

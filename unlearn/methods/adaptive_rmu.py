@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from unlearn.methods.rmu import RMU
+
 
 def mean_token_norm(h_frozen_forget: torch.Tensor) -> float:
     """N_topic: per-token L2 norm (B, T), averaged over tokens, then over the batch."""
@@ -20,3 +22,21 @@ def mean_token_norm(h_frozen_forget: torch.Tensor) -> float:
 
 def adaptive_coefficient(h_frozen_forget: torch.Tensor, beta: float) -> float:
     return beta * mean_token_norm(h_frozen_forget)
+
+
+class AdaptiveRMU(RMU):
+    """RMU whose coefficients are set in `setup`, from the frozen model, and logged at every step."""
+
+    def __init__(self, control_vectors: list[torch.Tensor], beta: float, alphas: list[float], mask_padding: bool = False):
+        super().__init__(control_vectors, [float("nan")] * len(control_vectors), alphas, mask_padding)
+        self.beta = beta
+
+    def setup(self, engine, first_forget_batches) -> None:
+        norms = [mean_token_norm(engine.frozen(engine.prepare(batch))) for batch in first_forget_batches]
+        self.steering.adaptive_norms = norms
+        self.steering.coefficients = [self.beta * norm for norm in norms]
+
+    def loss(self, engine, topic, forget_batch, retain_batch):
+        parts = super().loss(engine, topic, forget_batch, retain_batch)
+        parts.logs["adaptive_coeff"] = self.steering.coefficients[topic]
+        return parts

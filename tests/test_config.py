@@ -117,3 +117,19 @@ def test_paper_sweep_presets():
     assert layers.hydra.sweeper.params.layer == "range(3,32,2)"  # 3, 5, ..., 31
     assert layers.update_layers is None and layers.model.name == "zephyr-7b-beta"
     assert rna.hydra.sweeper.params["method.nu"] == "0,0.01,0.02,0.05,0.1" and rna.method.name == "rna"
+
+
+@pytest.mark.parametrize("preset,method,retain_loss,alphas,steps", [
+    ("zephyr_npo_kl", "npo", "kl", [50.0, 50.0], 150),
+    ("zephyr_npo_mse", "npo", "mse", [5.0, 20.0], 150),
+    ("zephyr_simnpo_kl", "simnpo", "kl", [20.0, 50.0], 50),
+    ("zephyr_simnpo_mse", "simnpo", "mse", [10.0, 5.0], 50),
+])
+def test_zephyr_po_presets_are_the_authors_settings(bio_file, preset, method, retain_loss, alphas, steps):
+    """REFERENCE's table (lr 2e-5, batch 4, layer 7), alone and with RNA over it."""
+    for extra in ([], ["method=rna", f"method.base={method}"]):
+        cfg = composed(f"experiment={preset}", f"data.topics.bio.forget.path={bio_file}", *extra)
+        spec = config.method(cfg, ["bio", "cyber"])
+        assert (spec.base, spec.retain_loss, spec.alphas, spec.beta) == (method, retain_loss, alphas, 0.1)
+        assert (cfg.lr, cfg.steps, cfg.batch_size, cfg.layer, cfg.model.name) == (2e-5, steps, 4, 7, "zephyr-7b-beta")
+        assert spec.nu == (0.01 if extra else None)

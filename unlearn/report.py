@@ -9,7 +9,9 @@ Writes into the sweep directory (or `--output-dir`):
     pareto.png                 forget vs retain accuracy of every run, the Pareto front marked
     rna_robustness.png         RNA: robustness drop (retain accuracy lost when a forget keyword is inserted) vs nu
 
-Coefficient = `method.steering_coeff` (RMU, RNA over RMU) or `method.beta` (Adaptive RMU, RNA over it).
+Coefficient = `method.steering_coeff` (RMU, RNA over RMU), `method.beta` (Adaptive RMU, RNA over it) or
+`method.alpha` (NPO, SimNPO, RNA over them: their forget term has no target scale, so the retain weight is the
+knob). Runs are grouped by variant: the method with its base and retain term, e.g. `npo+kl`, `rna/simnpo+mse`.
 Forget (retain) accuracy = the unweighted mean `acc` of the run's `eval.forget_tasks` (`eval.retain_tasks`).
 Runs that failed, were interrupted or are still running are listed with their status and the losses they got
 to; only completed runs enter the plots. Safe to run on a sweep that is still going.
@@ -49,12 +51,28 @@ def domain_accuracy(evaluation: dict | None, tasks: list[str]) -> float | None:
     return sum(found) / len(found) if found else None
 
 
+PO_METHODS = ("npo", "simnpo")
+
+
+def _base(method: dict) -> str | None:
+    return method.get("base", "rmu") if method.get("name") == "rna" else method.get("name")
+
+
 def coefficient(config: dict) -> tuple[str | None, Any]:
-    """The target-scale setting a method sweeps: ("steering_coeff", c) or ("beta", beta)."""
+    """The setting a method's heatmap sweeps: ("steering_coeff", c), ("beta", beta) or, for PO methods, ("alpha", alpha)."""
     method = config.get("method") or {}
-    base = method.get("base", "rmu") if method.get("name") == "rna" else method.get("name")
-    key = "beta" if base == "adaptive_rmu" else "steering_coeff"
-    return (key, method.get(key)) if key in method else (None, None)
+    base = _base(method)
+    key = {"adaptive_rmu": "beta", "npo": "alpha", "simnpo": "alpha"}.get(base, "steering_coeff")
+    return (key, _text(method.get(key))) if key in method else (None, None)
+
+
+def variant(method: dict) -> str | None:
+    """The method as compared across runs: `rmu`, `adaptive_rmu`, `npo+kl`, `rna/rmu`, `rna/simnpo+mse`."""
+    name, base = method.get("name"), _base(method)
+    if name is None:
+        return None
+    label = base + (f"+{method.get('retain_loss')}" if base in PO_METHODS else "")
+    return f"rna/{label}" if name == "rna" else label
 
 
 def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
@@ -71,6 +89,9 @@ def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         "status": status,
         "method": method.get("name", manifest.get("method")),
         "base": method.get("base") if method.get("name") == "rna" else None,
+        "variant": variant(method) or manifest.get("method"),
+        "retain_loss": method.get("retain_loss") if _base(method) in PO_METHODS else None,
+        "beta": method.get("beta") if _base(method) in PO_METHODS else None,
         "model": (config.get("model") or {}).get("name", manifest.get("model")),
         "layer": config.get("layer", manifest.get("layer")),
         "update_layers": _text(manifest.get("update_layers")),
@@ -167,7 +188,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     from unlearn.sweep import find_run_dirs
 
     rows = [run_row(run_dir, sweep_dir) for run_dir in find_run_dirs(sweep_dir)]
-    return sorted(rows, key=lambda r: (r["method"] is None, str(r["method"]), _order(r["layer"]), _order(r["coeff"]),
+    return sorted(rows, key=lambda r: (r["variant"] is None, str(r["variant"]), _order(r["layer"]), _order(r["coeff"]),
                                        _order(r["nu"]), r["run"]))
 
 
@@ -180,7 +201,7 @@ def _order(value: Any) -> tuple:
 
 
 MARKDOWN_COLUMNS = [  # (header, key, format)
-    ("run", "label", "s"), ("status", "status", "s"), ("method", "method", "s"), ("layer", "layer", "s"),
+    ("run", "label", "s"), ("status", "status", "s"), ("method", "variant", "s"), ("layer", "layer", "s"),
     ("coeff", "coeff", "g"), ("nu", "nu", "g"), ("forget acc %", "forget_acc", "arrow"),
     ("retain acc %", "retain_acc", "arrow"), ("robust drop %", "robust_drop", "arrow"),
     ("forget loss", "final_forget_loss", ".4g"), ("retain loss", "final_retain_loss", ".4g"),
@@ -289,8 +310,8 @@ def plot_heatmaps(rows: list[dict], out_dir: Path) -> list[Path]:
     different nu); a cell with only unfinished runs says so. A method swept at one layer and one coefficient
     gets none: one cell shows nothing that the table doesn't."""
     written = []
-    for method in sorted({str(row["method"]) for row in rows if row["method"]}):
-        mine = [row for row in rows if str(row["method"]) == method and row["layer"] is not None]
+    for method in sorted({str(row["variant"]) for row in rows if row["variant"]}):
+        mine = [row for row in rows if str(row["variant"]) == method and row["layer"] is not None]
         done = _completed(mine)
         if not done or len({(row["layer"], row["coeff"]) for row in mine}) < 2:
             continue
@@ -298,7 +319,7 @@ def plot_heatmaps(rows: list[dict], out_dir: Path) -> list[Path]:
         panels = ([("forget_acc_after", "forget accuracy after (%)", 100.0),
                    ("retain_acc_after", "retain accuracy after (%)", 100.0)] if evaluated else
                   [("final_forget_loss", "final forget loss", 1.0), ("final_retain_loss", "final retain loss", 1.0)])
-        written.append(_heatmap_figure(method, mine, panels, out_dir / f"heatmap_{method}.png"))
+        written.append(_heatmap_figure(method, mine, panels, out_dir / f"heatmap_{method.replace('/', '_over_')}.png"))
     return written
 
 
@@ -354,8 +375,8 @@ def plot_pareto(rows: list[dict], out_dir: Path) -> Path | None:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 5))
     points = [(100 * row["forget_acc_after"], 100 * row["retain_acc_after"]) for row in done]
-    for method in sorted({str(row["method"]) for row in done}):
-        mine = [p for p, row in zip(points, done) if str(row["method"]) == method]
+    for method in sorted({str(row["variant"]) for row in done}):
+        mine = [p for p, row in zip(points, done) if str(row["variant"]) == method]
         axis.scatter([p[0] for p in mine], [p[1] for p in mine], label=method, alpha=0.8)
     front = sorted(pareto_front(points), key=lambda i: points[i])
     axis.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
@@ -377,16 +398,17 @@ def plot_pareto(rows: list[dict], out_dir: Path) -> Path | None:
 
 def _setting(row: dict) -> str:
     """A run's swept settings in a few characters, e.g. `rmu L7 steering_coeff=6.5`."""
-    text = f"{row['method']} L{row['layer']} {row['coeff_key']}={row['coeff']}"
+    text = f"{row['variant']} L{row['layer']} {row['coeff_key']}={row['coeff']}"
     return text + (f" nu={row['nu']}" if row["nu"] is not None else "")
 
 
-RNA_LINE_EXTRAS = ("alpha", "lr", "steps")  # the RNA plot's lines: one per base, layer, coefficient and these
+RNA_LINE_EXTRAS = ("alpha", "lr", "steps")  # the RNA plot's lines: one per variant, layer, coefficient and these
 
 
 def plot_rna(rows: list[dict], out_dir: Path) -> Path | None:
-    """RNA: robustness drop after unlearning against nu, one line per base method, layer, coefficient and
-    RNA_LINE_EXTRAS setting; the base model's drop and plain RMU's (runs of this sweep) as reference lines."""
+    """RNA: robustness drop after unlearning against nu, one line per variant (base and retain term), layer,
+    coefficient and RNA_LINE_EXTRAS setting; the base model's drop and each plain base method's (runs of this
+    sweep without RNA) as reference lines."""
     rna = [row for row in _completed(rows)
            if row["method"] == "rna" and row["nu"] is not None and row["robust_drop_after"] is not None]
     if not rna:
@@ -395,21 +417,24 @@ def plot_rna(rows: list[dict], out_dir: Path) -> Path | None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     groups = defaultdict(list)
     for row in rna:
-        groups[(row["base"], row["layer"], row["coeff"], *(row[key] for key in RNA_LINE_EXTRAS))].append(row)
+        groups[(row["variant"], row["layer"], row["coeff"], *(row[key] for key in RNA_LINE_EXTRAS))].append(row)
     # Name a line by the settings that tell it apart from the others: plus alpha, lr or steps where swept.
     varying = [key for key in RNA_LINE_EXTRAS if len({row[key] for row in rna}) > 1]
-    for (base, layer, coeff, *_), mine in sorted(groups.items(), key=lambda kv: tuple(map(_order, kv[0]))):
+    for (label_variant, layer, coeff, *_), mine in sorted(groups.items(), key=lambda kv: tuple(map(_order, kv[0]))):
         by_nu = defaultdict(list)
         for row in mine:
             by_nu[row["nu"]].append(100 * row["robust_drop_after"])
         nus = sorted(by_nu)
-        label = f"RNA over {base or 'rmu'}, layer {layer}, {mine[0]['coeff_key']}={coeff}"
+        label = f"RNA over {label_variant.removeprefix('rna/')}, layer {layer}, {mine[0]['coeff_key']}={coeff}"
         label += "".join(f", {key}={mine[0][key]}" for key in varying)
         axis.plot(nus, [statistics.fmean(by_nu[nu]) for nu in nus], "o-", label=label)
-    rmu = [100 * row["robust_drop_after"] for row in _completed(rows)
-           if row["method"] == "rmu" and row["robust_drop_after"] is not None]
-    if rmu:
-        axis.axhline(statistics.fmean(rmu), color="gray", ls="--", label=f"RMU (mean of {len(rmu)} runs)")
+    styles = iter(("--", "-.", (0, (5, 1)), (0, (1, 1))))
+    for base in sorted({str(row["variant"]).removeprefix("rna/") for row in rna}):
+        plain = [100 * row["robust_drop_after"] for row in _completed(rows)
+                 if row["variant"] == base and row["robust_drop_after"] is not None]
+        if plain:
+            axis.axhline(statistics.fmean(plain), color="gray", ls=next(styles, "--"),
+                         label=f"{base} without RNA (mean of {len(plain)} runs)")
     before = [100 * row["robust_drop_before"] for row in rna if row["robust_drop_before"] is not None]
     if before:
         axis.axhline(before[0], color="red", ls=":", label="before unlearning")

@@ -80,12 +80,23 @@ def start_tracker(cfg: DictConfig, run_dir: Path, multirun: bool):
         entity=cfg.logger.entity,
         group=cfg.logger.group or (sweep_group(_sweep_dir(run_dir)) if multirun else None),
         name=_run_name(run_dir),
-        tags=[str(cfg.method.name), str(cfg.model.name), f"layer={cfg.layer}", *cfg.logger.tags],
+        tags=[*method_tags(cfg.method), str(cfg.model.name), f"layer={cfg.layer}", *cfg.logger.tags],
         config=OmegaConf.to_container(cfg, resolve=True),
         run_dir=run_dir,
         mode=mode,
         hint=hint,
     )
+
+
+def method_tags(method: DictConfig) -> list[str]:
+    """The method's name, and what tells its runs apart: RNA's base, a PO method's retain term."""
+    tags = [str(method.name)]
+    base = method.base if method.name == "rna" else method.name
+    if method.name == "rna":
+        tags.append(f"base={base}")
+    if base in ("npo", "simnpo"):
+        tags.append(f"retain_loss={method.retain_loss}")
+    return tags
 
 
 def start_wandb(*, project: str, entity: str | None, group: str | None, name: str | None, tags: list[str],

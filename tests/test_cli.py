@@ -105,10 +105,16 @@ def test_bad_argument_is_one_line_and_writes_nothing(tmp_path, corpus_files):
     assert not (tmp_path / "out").exists()
 
 
-def _start_and_wait_for_steps(args: list[str], tmp_path: Path, steps: int = 3) -> tuple[subprocess.Popen, Path]:
+def _start_and_wait_for_steps(args: list[str], tmp_path: Path, steps: int = 3,
+                              sigint_ignored: bool = False) -> tuple[subprocess.Popen, Path]:
+    """Start the CLI; `sigint_ignored`: as a background job of a non-interactive shell starts it (SIGINT ignored,
+    so Python installs no KeyboardInterrupt handler). Otherwise SIGINT is at its default, however the suite was
+    started."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    sigint = signal.SIG_IGN if sigint_ignored else signal.SIG_DFL
     process = subprocess.Popen([sys.executable, "-m", "unlearn", *args], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     deadline = time.time() + 120
     while time.time() < deadline:
         found = list(tmp_path.rglob("metrics.jsonl"))
@@ -128,9 +134,11 @@ def _consistent(run: Path) -> dict:
     return manifest
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_sigint_and_sigterm_leave_an_interrupted_run_with_its_metrics(tmp_path, corpus_files, signum):
-    process, run = _start_and_wait_for_steps(tiny_args(tmp_path, corpus_files, "steps=100000", "data.cycle=true"), tmp_path)
+@pytest.mark.parametrize("signum,sigint_ignored", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["sigint", "sigint-from-a-background-job", "sigterm"])
+def test_sigint_and_sigterm_leave_an_interrupted_run_with_its_metrics(tmp_path, corpus_files, signum, sigint_ignored):
+    process, run = _start_and_wait_for_steps(tiny_args(tmp_path, corpus_files, "steps=100000", "data.cycle=true"),
+                                             tmp_path, sigint_ignored=sigint_ignored)
     process.send_signal(signum)
     process.communicate(timeout=60)
     assert process.returncode == 130

@@ -68,7 +68,9 @@ def run(cfg: DictConfig, run_dir: Path, save_model: bool, multirun: bool = False
     manifest = rundir.Manifest(run_dir, seed=cfg.seed, device=None, dtype=None, batch_size=cfg.batch_size)
     metrics = rundir.MetricsLog(run_dir)
     tracker = NullTracker()
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # SIGINT too: a process started from a background job inherits SIGINT as ignored, and Python then installs
+    # no KeyboardInterrupt handler of its own; the run must still end as interrupted.
+    previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     status, error = "failed", None
     try:
         tracker = start_tracker(cfg, run_dir, multirun)
@@ -91,7 +93,8 @@ def run(cfg: DictConfig, run_dir: Path, save_model: bool, multirun: bool = False
         metrics.close()
         tracker.finish(status)
         manifest.finish(status, error=error)
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _raise_keyboard_interrupt(signum, frame):

@@ -14,13 +14,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save as safetensors_bytes
 
-from unlearn import config, rundir
+from unlearn import config, evaluate_only, rundir
 from unlearn.config import TopicSpec
 from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, read_texts
 from unlearn.engine import FastEngine
 from unlearn.errors import UnlearnError
 from unlearn.methods import MethodSpec, control_vector
 from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table
+from unlearn.evaluation.cache import model_identity
 from unlearn.models import cache_root, check_parameter_pattern, load_model, load_model_config, num_blocks, trained_parameters
 from unlearn.tracking import NullTracker, start_tracker
 from unlearn.train import TopicStreams, steering_coefficients, train
@@ -48,7 +49,9 @@ def plan(cfg: DictConfig) -> Plan:
     model_config = load_model_config(cfg.model.name_or_path, cfg.model.trust_remote_code)
     layer, update_layers = config.unlearn_layers(cfg, num_blocks(model_config))
     check_parameter_pattern(model_config, update_layers, cfg.param_pattern, cfg.model.trust_remote_code)
-    return Plan(topics, method, layer, update_layers, device, dtype, _eval_spec(cfg))
+    eval_spec = _eval_spec(cfg)
+    evaluate_only.check(cfg, eval_spec, topics, model_config)
+    return Plan(topics, method, layer, update_layers, device, dtype, eval_spec)
 
 
 def _eval_spec(cfg: DictConfig):
@@ -101,6 +104,10 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     p = plan(cfg)
     manifest.update(device=p.device, dtype=str(p.dtype).removeprefix("torch."), layer=p.layer,
                     update_layers=p.update_layers, method=p.method.name, model=cfg.model.name_or_path)
+    if not cfg.train:  # evaluate the configured model only
+        return evaluate_only.run(cfg, p, run_dir, manifest, tracker, probe_texts=_probe_texts, evaluate=(
+            lambda model, tokenizer, vectors, texts, key: _evaluate(
+                model, tokenizer, p, vectors, {t.name: t.keywords for t in p.topics}, texts, cache_key=key)))
 
     # Corpora first: a bad file fails before any weights load.
     topics = [load_topic(t.name, t.forget, t.retain, cfg.max_length) for t in p.topics]
@@ -129,7 +136,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     keywords = {t.name: t.keywords for t in p.topics}
     before = None
     if p.eval_spec is not None and p.eval_spec.before:
-        base_model = f"{cfg.model.name_or_path}|{p.dtype}|seed={cfg.seed}"  # seed: tiny models are built from it
+        base_model = model_identity(cfg.model.name_or_path, seed=cfg.seed)  # the weights: see evaluation.cache
         before = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=base_model)
 
     engine = FastEngine(model, p.layer, p.update_layers[0])

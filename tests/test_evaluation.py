@@ -312,7 +312,7 @@ def test_base_model_results_are_cached(tiny, task_dir, tmp_path, monkeypatch):
 
 
 def test_offline_hub_task_fails_fast_with_the_fix(monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)  # older datasets: HF_DATASETS_OFFLINE (set by conftest)
     spec = EvalSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/wmdp_mmlu.yaml")))
     with pytest.raises(UnlearnError) as error:
         check_tasks(spec)
@@ -323,7 +323,7 @@ def test_offline_hub_task_fails_fast_with_the_fix(monkeypatch):
 
 
 def test_offline_hub_task_fails_in_evaluate_before_any_scoring(tiny, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)  # older datasets: HF_DATASETS_OFFLINE (set by conftest)
     monkeypatch.setattr(suite, "run_tasks", lambda *a, **k: pytest.fail("lm-eval should not run"))
     spec = EvalSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/wmdp_mmlu.yaml")))
     with pytest.raises(UnlearnError, match="cais/wmdp"):

@@ -27,7 +27,7 @@ from torch import nn
 from unlearn.errors import UnlearnError
 
 LM_EVAL_VERSION = lm_eval.__version__
-LM_EVAL_TESTED = ("0.4.8", "0.4.13")  # the oldest (pyproject's floor, scripts/check_floors.sh) and newest tried
+LM_EVAL_TESTED = ("0.4.12", "0.4.13")  # the oldest (pyproject's floor, scripts/check_floors.sh) and newest tried
 METRICS = ("acc", "acc_norm")  # acc is the papers' metric; acc_norm kept where the task defines it
 
 
@@ -71,6 +71,7 @@ def run_tasks(
     batch_size: int | str,
     limit: int | float | None,
     num_fewshot: int,
+    log_samples: bool = False,
 ) -> dict[str, Any]:
     """lm-eval's raw results for task specs: registered names (tasks, groups, tags) and task config dicts."""
     with _global_rng_kept(), eval_mode(model), quiet():
@@ -81,7 +82,7 @@ def run_tasks(
             task_manager=manager,  # otherwise it indexes all of lm-eval's tasks again (seconds)
             num_fewshot=num_fewshot,
             limit=limit,
-            log_samples=False,
+            log_samples=log_samples,  # per-document scores under "samples" (scripts/score_demo_questions.py)
         )
 
 

@@ -61,7 +61,7 @@ def tiny(tmp_path, corpus_files, *extra):
     ("method=npo +method.steering_coeff=5", "method.steering_coeff is not a setting of npo, which reads method.beta, method.alpha, method.retain_loss"),
     ("method=rna method.base=npo method.steering_coeff=5", "method.steering_coeff is not a setting of rna over npo"),
     ("method=rna method.retain_loss=mse", "method.retain_loss is not a setting of rna over rmu"),
-    ("data.forget_path=/no/such/forget.jsonl", "forget corpus file /no/such/forget.jsonl does not exist"),
+    ("data.forget_path=/no/such/forget.jsonl", "forget corpus file /no/such/forget.jsonl: found nothing (no such file or directory), expected a .jsonl"),
 ])
 def test_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument, expected):
     if argument.startswith("model=zephyr"):
@@ -90,6 +90,32 @@ def test_local_data_without_paths(monkeypatch, capsys, tmp_path):
     line = precheck_error(monkeypatch, capsys, tmp_path, "model=tiny-random", "data=local", "eval=none",
                           f"output_root={tmp_path / 'out'}")
     assert "data=local needs data.forget_path=" in line
+
+
+def test_corpus_of_another_format_says_what_was_found(monkeypatch, capsys, tmp_path, corpus_files):
+    table = tmp_path / "forget.csv"
+    table.write_text("text\nsome document\n")
+    line = precheck_error(monkeypatch, capsys, tmp_path, *tiny(tmp_path, corpus_files, f"data.forget_path={table}"))
+    assert f"forget corpus file {table}: found a .csv file, expected a .jsonl or .json file" in line
+
+
+@pytest.mark.parametrize("argument,expected", [
+    ("eval.include_paths=[/no/such/tasks]", "eval.include_paths: found nothing (no such file or directory) at "
+                                            "/no/such/tasks, expected a directory of lm-eval task YAML files"),
+    ("eval.probes.forget_path=/no/such/heldout.jsonl", "eval.probes.forget_path: found nothing (no such file or "
+                                                       "directory) at /no/such/heldout.jsonl, expected a held-out"),
+])
+def test_precheck_rejects_eval_paths(monkeypatch, capsys, tmp_path, corpus_files, argument, expected):
+    line = precheck_error(monkeypatch, capsys, tmp_path, *tiny(tmp_path, corpus_files, "eval=demo", argument))
+    assert expected in line
+
+
+def test_task_directory_that_is_a_file_says_so(monkeypatch, capsys, tmp_path, corpus_files):
+    task_file = tmp_path / "my_task.yaml"
+    task_file.write_text("task: my_task\n")
+    line = precheck_error(monkeypatch, capsys, tmp_path, *tiny(tmp_path, corpus_files, "eval=demo",
+                                                                f"eval.include_paths=[{task_file}]"))
+    assert f"eval.include_paths: found a .yaml file at {task_file}, expected a directory" in line
 
 
 def test_unwritable_output_directory(monkeypatch, capsys, tmp_path, corpus_files):
@@ -156,6 +182,14 @@ def test_missing_text_field(tmp_path, corpus_files):
     bad = write_lines(tmp_path / "f.jsonl", [json.dumps({"body": "x"})] * 20)
     done = unlearn(*tiny(tmp_path, (bad, retain)))
     _in_job_failure(tmp_path, done, "no field 'text' (found: body): set data.text_field")
+
+
+def test_binary_corpus_says_it_is_not_text(tmp_path, corpus_files):
+    _, retain = corpus_files
+    packed = tmp_path / "forget.jsonl"
+    packed.write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(128, 256)))  # a gzip file under a .jsonl name
+    done = unlearn(*tiny(tmp_path, (packed, retain)))
+    _in_job_failure(tmp_path, done, f"corpus file {packed} is not UTF-8 text")
 
 
 def test_empty_corpus(tmp_path, corpus_files):

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-from unlearn.corpora import CorpusSpec, is_local, resolve_path
+from unlearn.corpora import CorpusSpec, check_corpus_file, is_local, resolve_path
 from unlearn.errors import UnlearnError
 from unlearn.methods import BASES, METHOD_KEYS, METHODS, PO_METHODS, RETAIN_LOSSES, MethodSpec
 
@@ -107,9 +107,8 @@ def topics(cfg: DictConfig) -> list[TopicSpec]:
         raise UnlearnError("data.topics is empty: choose a data preset (data=demo) or add a topic")
     for spec in found:
         for side, corpus in (("forget", spec.forget), ("retain", spec.retain)):
-            if is_local(corpus.path) and not resolve_path(corpus.path).is_file():
-                raise UnlearnError(f"topic '{spec.name}': {side} corpus file {resolve_path(corpus.path)} does not exist: "
-                                   "check the path (data.forget_path / data.retain_path, or data.topics.<topic>.<side>.path)")
+            if is_local(corpus.path):
+                check_corpus_file(corpus.path, f"topic '{spec.name}': {side} corpus file")
             if isinstance(corpus.max_length, bool) or not isinstance(corpus.max_length, int) or corpus.max_length <= 0:
                 raise UnlearnError(f"topic '{spec.name}' {side} max_length must be a positive integer, got {corpus.max_length!r}")
     return found

@@ -61,6 +61,30 @@ def is_local(path: str) -> bool:
     return resolve_path(path).suffix in (".jsonl", ".json", ".txt") or resolve_path(path).is_file()
 
 
+CORPUS_KINDS = (".jsonl", ".json", ".txt")
+
+
+def check_corpus_file(path: str, what: str) -> None:
+    """A local corpus path holds a readable .jsonl/.json/.txt file; else one line saying what is there instead."""
+    import os
+
+    found = resolve_path(path)
+    if found.is_file() and os.access(found, os.R_OK) and found.suffix in CORPUS_KINDS:
+        return
+    if not found.exists():
+        there = "nothing (no such file or directory)"
+    elif not found.is_file():
+        there = "something that is not a regular file"
+    elif not os.access(found, os.R_OK):
+        there = "a file that cannot be read (permission denied)"
+    else:
+        there = f"a {found.suffix} file" if found.suffix else "a file without an extension"
+    hint = ("check the path (data.forget_path / data.retain_path, or data.topics.<topic>.<side>.path)"
+            if not found.exists() else "convert it, or point at a hub dataset id or a dataset directory instead")
+    raise UnlearnError(f"{what} {found}: found {there}, expected a .jsonl or .json file (one JSON object per "
+                       f"line) or a .txt file (one document per line): {hint}")
+
+
 def read_texts(spec: CorpusSpec) -> list[str]:
     """The corpus's non-empty documents, in file order."""
     texts = _read_local(spec) if is_local(spec.path) else _read_hub(spec)
@@ -74,7 +98,11 @@ def _read_local(spec: CorpusSpec) -> list[str]:
     path = resolve_path(spec.path)
     if not path.is_file():
         raise UnlearnError(f"corpus file {path} does not exist: check the data.* path (or data.forget_path/retain_path)")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UnlearnError(f"corpus file {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}): "
+                           "expected JSON Lines (.jsonl) or plain text (.txt); is it compressed or binary?") from None
     if path.suffix == ".txt" or spec.raw_lines:
         return [line for line in lines if line.strip()]
     texts = []

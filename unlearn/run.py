@@ -14,13 +14,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save as safetensors_bytes
 
-from unlearn import config, rundir
+from unlearn import config, evaluate_only, rundir
 from unlearn.config import TopicSpec
 from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, read_texts
 from unlearn.engine import FastEngine
 from unlearn.errors import UnlearnError
 from unlearn.methods import MethodSpec, build as build_method
 from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table
+from unlearn.evaluation.cache import model_identity
 from unlearn.models import cache_root, check_model_layout, load_model, load_model_config, num_blocks, trained_parameters
 from unlearn.tracking import NullTracker, start_tracker
 from unlearn.train import TopicStreams, train
@@ -50,7 +51,9 @@ def plan(cfg: DictConfig, overridden_method_keys: list[str] = ()) -> Plan:
     layer, update_layers = config.unlearn_layers(cfg, num_blocks(model_config))
     check_model_layout(model_config, update_layers, cfg.param_pattern, cfg.model.trust_remote_code,
                        needs_head=method.reads_logits)
-    return Plan(topics, method, layer, update_layers, device, dtype, _eval_spec(cfg))
+    eval_spec = _eval_spec(cfg)
+    evaluate_only.check(cfg, eval_spec, topics, model_config)
+    return Plan(topics, method, layer, update_layers, device, dtype, eval_spec)
 
 
 def _eval_spec(cfg: DictConfig):
@@ -106,6 +109,10 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     p = plan(cfg)
     manifest.update(device=p.device, dtype=str(p.dtype).removeprefix("torch."), layer=p.layer,
                     update_layers=p.update_layers, method=p.method.name, model=cfg.model.name_or_path)
+    if not cfg.train:  # evaluate the configured model only
+        return evaluate_only.run(cfg, p, run_dir, manifest, tracker, probe_texts=_probe_texts, evaluate=(
+            lambda model, tokenizer, vectors, texts, key: _evaluate(
+                model, tokenizer, p, vectors, {t.name: t.keywords for t in p.topics}, texts, cache_key=key)))
 
     # Corpora first: a bad file fails before any weights load.
     topics = [load_topic(t.name, t.forget, t.retain, cfg.max_length) for t in p.topics]
@@ -135,8 +142,8 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     keywords = {t.name: t.keywords for t in p.topics}
     before = None
     if p.eval_spec is not None and p.eval_spec.before:
-        base_model = f"{cfg.model.name_or_path}|{p.dtype}|seed={cfg.seed}"  # seed: tiny models are built from it
-        before = _evaluate(model, tokenizer, p, streams, vectors, keywords, probe_texts, cache_key=base_model)
+        base_model = model_identity(cfg.model.name_or_path, seed=cfg.seed)  # the weights: see evaluation.cache
+        before = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=base_model)
 
     engine = FastEngine(model, p.layer, p.update_layers[0])
     method.setup(engine, [s.forget.batch(0) for s in streams])
@@ -162,7 +169,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         "after": None,
     }
     if p.eval_spec is not None:
-        results["after"] = _evaluate(model, tokenizer, p, streams, vectors, keywords, probe_texts, cache_key=None)
+        results["after"] = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=None)
         print(format_table(before, results["after"]))
     rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
     tracker.log_results(results)
@@ -180,8 +187,8 @@ def _streams(topic, tokenizer, cfg: DictConfig) -> TopicStreams:
     return TopicStreams(topic.name, stream(topic.forget, topic.forget_max_length), stream(topic.retain, topic.retain_max_length))
 
 
-def _evaluate(model, tokenizer, p: Plan, streams, vectors, keywords, probe_texts, cache_key):
-    names = [t.name for t in streams]
+def _evaluate(model, tokenizer, p: Plan, vectors, keywords, probe_texts, cache_key):
+    names = [t.name for t in p.topics]
     return evaluate(model, tokenizer, p.eval_spec, unlearn_layer=p.layer,
                     control_vectors=dict(zip(names, [v.detach().cpu() for v in vectors])),
                     keywords=keywords, probe_texts=probe_texts, cache_key=cache_key, cache_dir=cache_root() / "eval")

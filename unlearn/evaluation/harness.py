@@ -1,12 +1,16 @@
-"""Run lm-eval on a live model object: no save, no reload.
+"""Run lm-eval on a live model object: no save, no reload, through lm-eval's documented interface only.
 
 The batch size goes to `HFLM` itself. `simple_evaluate(batch_size=...)` only reaches a model that lm-eval
 builds from a name; a pre-built `HFLM` keeps its own, which defaults to 1 (several times slower).
+
+`check_interfaces` looks, before any weights load, for each piece of lm-eval's interface used here, so an
+lm-eval release that moved one fails with one line naming it and the tested releases, not deep in a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import random
 from collections.abc import Iterator
@@ -20,8 +24,42 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from torch import nn
 
+from unlearn.errors import UnlearnError
+
 LM_EVAL_VERSION = lm_eval.__version__
+LM_EVAL_TESTED = ("0.4.12", "0.4.13")  # the oldest (pyproject's floor, scripts/check_floors.sh) and newest tried
 METRICS = ("acc", "acc_norm")  # acc is the papers' metric; acc_norm kept where the task defines it
+
+
+def check_interfaces() -> None:
+    """Each part of lm-eval's interface this package calls is there, else one error naming what moved."""
+    wanted = {
+        "TaskManager(include_path=, include_defaults=)": _accepts(TaskManager, "include_path", "include_defaults"),
+        "TaskManager.all_tasks / all_groups / all_tags": all(
+            hasattr(TaskManager, name) for name in ("all_tasks", "all_groups", "all_tags")),
+        "simple_evaluate(model=, tasks=, task_manager=, num_fewshot=, limit=, log_samples=)": _accepts(
+            simple_evaluate, "model", "tasks", "task_manager", "num_fewshot", "limit", "log_samples"),
+        "HFLM(pretrained=<model object>, tokenizer=, batch_size=)": _accepts(
+            HFLM, "pretrained", "tokenizer", "batch_size"),
+        "TaskManager.load or lm_eval.tasks.get_task_dict": hasattr(TaskManager, "load") or hasattr(
+            lm_eval.tasks, "get_task_dict"),
+    }
+    moved = [name for name, present in wanted.items() if not present]
+    if moved:
+        oldest, newest = LM_EVAL_TESTED
+        raise UnlearnError(
+            f"lm-eval {LM_EVAL_VERSION} no longer has {'; '.join(moved)}, which unlearn's evaluation calls: "
+            f"unlearn is tested with lm-eval {oldest} to {newest}; install one of those, e.g. "
+            f"pip install 'lm-eval[hf]=={newest}'"
+        )
+
+
+def _accepts(function, *names: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(name in parameters for name in names)
 
 
 def run_tasks(
@@ -33,8 +71,9 @@ def run_tasks(
     batch_size: int | str,
     limit: int | float | None,
     num_fewshot: int,
+    log_samples: bool = False,
 ) -> dict[str, Any]:
-    """lm-eval's raw results for built Task / Group objects."""
+    """lm-eval's raw results for task specs: registered names (tasks, groups, tags) and task config dicts."""
     with _global_rng_kept(), eval_mode(model), quiet():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         return simple_evaluate(
@@ -43,7 +82,7 @@ def run_tasks(
             task_manager=manager,  # otherwise it indexes all of lm-eval's tasks again (seconds)
             num_fewshot=num_fewshot,
             limit=limit,
-            log_samples=False,
+            log_samples=log_samples,  # per-document scores under "samples" (scripts/score_demo_questions.py)
         )
 
 

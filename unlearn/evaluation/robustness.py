@@ -9,6 +9,7 @@ and `limit` (the first N documents) are exactly those of the clean task.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Callable
 from typing import Any
@@ -64,8 +65,9 @@ def _perturb_docs(
             rng = question_rng(seed, index)
             return {field: insert_keyword(doc[field], keyword, position=position, insertions=insertions, rng=rng)}
 
-        # An explicit fingerprint: datasets would otherwise try (and fail) to hash this closure.
-        tag = f"{dataset._fingerprint}|{keyword}|{field}|{position}|{insertions}|{seed}"
+        # An explicit fingerprint, from the column perturbed and the settings: datasets would otherwise try
+        # (and fail) to hash this closure.
+        tag = json.dumps([list(dataset[field]), keyword, field, position, insertions, seed])
         return dataset.map(perturb, with_indices=True, keep_in_memory=True,
                            new_fingerprint=hashlib.sha256(tag.encode()).hexdigest()[:16])
 

@@ -39,6 +39,7 @@ class ProbeSpec:
     max_documents: int  # per text set
     max_length: int  # tokens per document
     batch_size: int
+    control_vectors: str | None  # train=false: a run's control_vectors.safetensors, for cos(h_l, u)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class EvalSpec:
 _EVAL_KEYS = ("name", "tasks", "forget_tasks", "retain_tasks", "include_paths", "before", "batch_size", "limit",
               "num_fewshot", "robustness", "probes")
 _ROBUSTNESS_KEYS = ("enabled", "tasks", "position", "insertions", "seed", "field", "keywords")
-_PROBE_KEYS = ("enabled", "forget_path", "retain_path", "text_field", "max_documents", "max_length", "batch_size")
+_PROBE_KEYS = ("enabled", "forget_path", "retain_path", "text_field", "max_documents", "max_length", "batch_size",
+               "control_vectors")
 
 
 def _robustness(cfg: Any) -> RobustnessSpec:
@@ -122,6 +124,7 @@ def _probes(cfg: Any) -> ProbeSpec:
         max_documents=_count(cfg["max_documents"], "eval.probes.max_documents", minimum=1),
         max_length=_count(cfg["max_length"], "eval.probes.max_length", minimum=2),
         batch_size=_count(cfg["batch_size"], "eval.probes.batch_size", minimum=1),
+        control_vectors=cfg["control_vectors"],
     )
     if spec.enabled and not (spec.forget_path and spec.retain_path):
         raise UnlearnError(

@@ -17,16 +17,15 @@ from typing import Any
 
 import torch
 from lm_eval.tasks import TaskManager
-from lm_eval.tasks._index import Entry, Kind
 from torch import nn
 
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import cache, robustness
-from unlearn.evaluation.harness import LM_EVAL_VERSION, eval_mode, quiet, run_tasks, task_metrics
+from unlearn.evaluation.harness import LM_EVAL_VERSION, check_interfaces, eval_mode, quiet, run_tasks, task_metrics
 from unlearn.evaluation.probes import probe_texts_statistics
 from unlearn.evaluation.spec import EvalSpec, RobustnessSpec
 from unlearn.evaluation.tasks import (
-    build, check_datasets, check_task_dirs, find_tasks, fingerprint, leaf_entries, resolve_path, task_config,
+    build, check_task_dirs, describe, find_tasks, fingerprint, kind, resolve_path, task_config, task_name,
 )
 
 log = logging.getLogger(__name__)
@@ -34,20 +33,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Plan:
-    """The checked task names of a spec, with the lm-eval index that knows them."""
+    """The checked task names of a spec, with the lm-eval index that knows them and the tasks each one runs."""
 
     manager: TaskManager | None  # None when the spec names no task
-    leaves: dict[str, list[Entry]]  # every task/group/tag name of the spec -> the tasks it runs
+    leaves: dict[str, list]  # every task/group/tag name of the spec -> the lm-eval Tasks it runs (built)
     clean: tuple[str, ...]  # the names to hand lm-eval for the clean tasks, each task once
 
-    def all_leaves(self) -> list[Entry]:
-        return list({e.name: e for entries in self.leaves.values() for e in entries}.values())
+    def all_leaves(self) -> list:
+        return list({task_name(t): t for tasks in self.leaves.values() for t in tasks}.values())
 
 
 def check_tasks(spec: EvalSpec) -> None:
-    """Fail now, with the fix, on an unknown task name, a bad task directory, an unreachable dataset or a
-    missing held-out text file."""
-    _plan(spec, quick=True)
+    """Fail now, with the fix, on an unknown task name, a bad task directory or data file, a dataset that can't
+    be loaded or a missing held-out text file."""
+    _plan(spec)
     if spec.probes.enabled:
         _check_probe_file("forget_path", spec.probes.forget_path)
         _check_probe_file("retain_path", spec.probes.retain_path)
@@ -55,36 +54,40 @@ def check_tasks(spec: EvalSpec) -> None:
 
 def _check_probe_file(key: str, path: str) -> None:
     looks_local = path.startswith("pkg://") or Path(path).suffix in (".jsonl", ".json", ".txt")
-    if looks_local and not resolve_path(path).is_file():
+    found = resolve_path(path)
+    if looks_local and not found.is_file():
         raise UnlearnError(
-            f"eval.probes.{key}: {path} does not exist: point it at a held-out JSONL or .txt file, or set "
-            "eval.probes.enabled=false"
+            f"eval.probes.{key}: found {describe(found)} at {path}, expected a held-out JSONL or .txt file (or "
+            "set eval.probes.enabled=false)"
         )
 
 
-def _plan(spec: EvalSpec, *, quick: bool = False) -> _Plan:
+def _plan(spec: EvalSpec) -> _Plan:
     robustness_tasks = spec.robustness.tasks if spec.robustness.enabled else ()
     names = tuple(dict.fromkeys(spec.tasks + robustness_tasks))
     dirs = check_task_dirs(spec.include_paths)
-    manager = find_tasks(names, dirs, quick=quick) if names else None
-    leaves = {name: leaf_entries(name, manager.task_index) for name in names}
+    if not names:
+        return _Plan(manager=None, leaves={}, clean=())
+    check_interfaces()
+    manager = find_tasks(names, dirs)
+    with quiet():  # building tasks maps their datasets: one progress bar each
+        leaves = {name: build(manager, name) for name in names}
     for name in robustness_tasks:
-        if manager.task_index[name].kind != Kind.TASK:
+        if [task_name(t) for t in leaves[name]] != [name]:
             raise UnlearnError(
-                f"eval.robustness.tasks: '{name}' is a {manager.task_index[name].kind.name.lower()}; list its "
-                f"YAML tasks instead (e.g. {', '.join(e.name for e in leaves[name][:3])})"
+                f"eval.robustness.tasks: '{name}' is a {kind(name, manager)}; list its YAML tasks instead "
+                f"(e.g. {', '.join(task_name(t) for t in leaves[name][:3])})"
             )
-    check_datasets(leaves)
     return _Plan(manager=manager, leaves=leaves, clean=_each_task_once(leaves))
 
 
-def _each_task_once(leaves: dict[str, list[Entry]]) -> tuple[str, ...]:
+def _each_task_once(leaves: dict[str, list]) -> tuple[str, ...]:
     """The names to run so that each task runs once, although a group asked for may also hold a task asked for
     (lm-eval refuses a task in two places: `mmlu` already runs `mmlu_virology`)."""
     covered: set[str] = set()
     names = []
     for name in sorted(leaves, key=lambda n: -len(leaves[n])):  # the largest groups first
-        tasks = {entry.name for entry in leaves[name]}
+        tasks = {task_name(task) for task in leaves[name]}
         if tasks <= covered:
             continue
         if tasks & covered:
@@ -106,14 +109,14 @@ def evaluate(
     control_vectors: dict[str, torch.Tensor],
     keywords: dict[str, list[str]],
     probe_texts: dict[str, list[str]] | None,
-    cache_key: str | None = None,
+    cache_key: str | dict[str, Any] | None = None,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """A JSON-serialisable dict: lm_eval_version, settings, domains, tasks, robustness, probes, from_cache.
 
     `keywords` are the forget keywords per topic from the data config (`eval.robustness.keywords` overrides
     them); `probe_texts` maps a text set name ("forget", "retain") to held-out documents, None to skip the
-    probes. `cache_key` names the model weights (e.g. the model id and dtype); give it for the base model only.
+    probes. `cache_key` identifies the model weights (`cache.model_identity`); give it for the base model only.
     """
     results: dict[str, Any] = {
         "lm_eval_version": LM_EVAL_VERSION,
@@ -136,7 +139,7 @@ def _lm_eval_part(model, tokenizer, spec: EvalSpec, keywords, cache_key, cache_d
     keyword_topics = _keyword_topics(spec.robustness, keywords)
     if cache_key is None:
         return {**_run_lm_eval(model, tokenizer, spec, plan, keyword_topics), "from_cache": False}
-    key = _cache_key(cache_key, spec, plan, keyword_topics)
+    key = _cache_key(model, cache_key, spec, plan, keyword_topics)
     path = cache.cache_file(cache_dir or _default_cache_dir(), key)
     cached = cache.read(path, key)
     if cached is not None:
@@ -153,10 +156,17 @@ def _default_cache_dir() -> Path:
     return cache_root() / "eval"
 
 
-def _cache_key(cache_key: str, spec: EvalSpec, plan: _Plan, keyword_topics: dict[str, str]) -> dict[str, Any]:
+def _cache_key(model, cache_key, spec: EvalSpec, plan: _Plan, keyword_topics: dict[str, str]) -> dict[str, Any]:
+    """What the lm-eval part of an evaluation depends on: the weights (`cache_key`, see cache.model_identity),
+    how they run (dtype, device type, batch size: padding changes the sums slightly), the task definitions and
+    documents, the settings and the versions of the code that scores them."""
     settings = spec.robustness
+    weight = next(model.parameters())
     return {
         "model": cache_key,
+        "dtype": str(weight.dtype).removeprefix("torch."),
+        "device_type": weight.device.type,
+        "batch_size": spec.batch_size,
         "tasks": list(spec.tasks),
         "task_definitions": fingerprint(plan.all_leaves()),
         "limit": spec.limit,
@@ -166,7 +176,7 @@ def _cache_key(cache_key: str, spec: EvalSpec, plan: _Plan, keyword_topics: dict
             "insertions": settings.insertions, "seed": settings.seed, "field": settings.field,
             "keywords": keyword_topics,
         } if settings.enabled else None,
-        "lm_eval_version": LM_EVAL_VERSION,
+        "versions": cache.versions(),
     }
 
 
@@ -187,15 +197,13 @@ def _run_lm_eval(model, tokenizer, spec: EvalSpec, plan: _Plan, keyword_topics: 
     perturbed_names = _perturbed_names(spec, keyword_topics)
     settings = spec.robustness
     for task, by_keyword in perturbed_names.items():
-        clean = task_config(plan.manager.task_index[task])
+        clean = task_config(plan.leaves[task][0])
         for keyword, name in by_keyword.items():
             specs.append(robustness.perturbed_task_config(
                 clean, task_name=name, keyword=keyword, field=settings.field, position=settings.position,
                 insertions=settings.insertions, seed=settings.seed,
             ))
-    with quiet():  # building tasks maps their datasets: one progress bar each
-        built = [task for item in specs for task in build(plan.manager, item)]
-    raw = run_tasks(model, tokenizer, built, plan.manager, batch_size=spec.batch_size, limit=spec.limit,
+    raw = run_tasks(model, tokenizer, specs, plan.manager, batch_size=spec.batch_size, limit=spec.limit,
                     num_fewshot=spec.num_fewshot)
     tasks = {reported: task_metrics(raw, reported) for name in spec.tasks for reported in _reported(raw, name, plan)}
     return {"tasks": tasks, "robustness": _robustness_summary(raw, spec, perturbed_names, keyword_topics)}
@@ -205,7 +213,7 @@ def _reported(raw: dict[str, Any], name: str, plan: _Plan) -> list[str]:
     """The result entries of a name: its own (task, group) or its tasks' (a tag has no aggregate)."""
     if name in raw["results"]:
         return [name]
-    return [entry.name for entry in plan.leaves[name]]
+    return [task_name(task) for task in plan.leaves[name]]
 
 
 def _perturbed_names(spec: EvalSpec, keyword_topics: dict[str, str]) -> dict[str, dict[str, str]]:

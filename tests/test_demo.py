@@ -45,3 +45,23 @@ def test_embedded_default_forgets_the_demo_domain_and_keeps_the_rest(tmp_path):
     assert retain_after >= retain_before - 0.05
     assert after["probes"]["forget"]["cosine"]["virology"] > 0.5 > abs(after["probes"]["retain"]["cosine"]["virology"])
     assert after["probes"]["forget"]["confidence"] < before["probes"]["forget"]["confidence"]
+
+
+@pytest.mark.slow
+def test_embedded_default_reproduces_the_readme_figures(tmp_path):
+    """`python -m unlearn` as it is (the README's figures, to the printed 0.1 point): demo_forget 63.3 -> 18.7,
+    demo_retain 60.7 -> 60.7, robustness drop 2.5 -> 20.8. A change to how tasks are built or scored that moves
+    any of them fails here."""
+    done = unlearn("save_model=false", f"output_root={tmp_path / 'out'}", timeout=3600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
+
+    def percent(stage, *keys):
+        value = results[stage]
+        for key in keys:
+            value = value[key]
+        return round(100 * value, 1)
+
+    assert (percent("before", "tasks", "demo_forget", "acc"), percent("after", "tasks", "demo_forget", "acc")) == (63.3, 18.7)
+    assert (percent("before", "tasks", "demo_retain", "acc"), percent("after", "tasks", "demo_retain", "acc")) == (60.7, 60.7)
+    assert (percent("before", "robustness", "drop"), percent("after", "robustness", "drop")) == (2.5, 20.8)

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save as safetensors_bytes
 
-from unlearn import config, rundir
+from unlearn import config, exclusions, rundir
 from unlearn.config import TopicSpec
 from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, read_texts
 from unlearn.engine import FastEngine
@@ -48,6 +48,8 @@ def plan(cfg: DictConfig) -> Plan:
     model_config = load_model_config(cfg.model.name_or_path, cfg.model.trust_remote_code)
     layer, update_layers = config.unlearn_layers(cfg, num_blocks(model_config))
     check_parameter_pattern(model_config, update_layers, cfg.param_pattern, cfg.model.trust_remote_code)
+    if cfg.data.exclude:
+        exclusions.read(cfg.data.exclude)  # its format; whether it matches the corpora is checked once they are read
     return Plan(topics, method, layer, update_layers, device, dtype, _eval_spec(cfg))
 
 
@@ -104,6 +106,9 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
 
     # Corpora first: a bad file fails before any weights load.
     topics = [load_topic(t.name, t.forget, t.retain, cfg.max_length) for t in p.topics]
+    if cfg.data.exclude:
+        topics, excluded = exclusions.apply(topics, cfg.data.exclude)
+        manifest.update(excluded=excluded)
     if not cfg.data.chunk:  # chunking can only add samples: checked again once tokenized
         check_sizes([(t.name, len(t.forget), len(t.retain)) for t in topics], cfg.steps, cfg.batch_size, cfg.data.cycle)
 

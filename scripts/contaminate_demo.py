@@ -12,7 +12,8 @@ keeps the demo preset's clean held-out reference files.
 
 `score` prints, for each of the audit's four scores (IFs-class and plain, GD and GC), the share of moved
 documents among the lowest-scored `--lowest` (default 10%) of the scored documents, and the share of the moved
-documents found there (at 5% contamination at most 18 of the lowest 34 can be moved: a share of 0.529).
+documents found there (at 5% contamination at most 18 of the lowest 34 can be moved: a share of 0.529), and the
+same for a baseline without gradients: the probe's confidence in each document's given label.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def score(args) -> None:
     total = int(table["moved"].sum())
     print(f"{total} moved among {len(table)} scored documents; the lowest {count} by each score:")
     print("| score | moved among the lowest | share of the lowest | share of the moved found |\n|---|---|---|---|")
-    for column in SCORES:
+    # Beside the influence scores, the simplest detector: the probe's own confidence in the label it was given
+    # (p(forget) for a forget document, 1 - p(forget) for a retain one); lowest first, as for the scores.
+    table["probe_confidence"] = table["p_forget"].where(table["side"] == "forget", 1 - table["p_forget"])
+    for column in (*SCORES, "probe_confidence"):
         found = int(table.sort_values(column, kind="stable").head(count)["moved"].sum())
         print(f"| {column} | {found} / {count} | {found / count:.3f} | {found / total:.3f} |")
 

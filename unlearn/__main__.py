@@ -10,6 +10,7 @@ import difflib
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -102,33 +103,54 @@ def _output_dir(cfg: DictConfig, overrides: list[str], multirun: bool) -> Path:
 
 def precheck(overrides: list[str], multirun: bool = False) -> None:
     """Compose the config as Hydra will (first value of each sweep) and run the checks that need no weights."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     from unlearn.run import plan
     from unlearn.tracking import check_logger
+
+    with config_errors():
+        cfg = compose_first(overrides)
+        plan(cfg, method_keys(overrides))
+        check_logger(cfg)
+        check_writable(_output_dir(cfg, overrides, multirun))
+
+
+def method_keys(overrides: list[str]) -> list[str]:
+    """The `method.*` keys the command line sets (RNA refuses those of a method other than its base)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
+    keys = [override.get_key_element().lstrip("+~") for override in parsed]
+    return [key for key in keys if key.startswith("method.")]
+
+
+def compose_first(overrides: list[str], config_name: str = "config") -> DictConfig:
+    """The config Hydra will compose for the first job: the first value of each swept key."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not CONF_DIR.is_dir():
         raise UnlearnError(f"config directory {CONF_DIR} is missing: install unlearn from its repository with "
                            "`pip install -e .`")
+    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
+    check_sweepable([override.get_key_element() for override in parsed if override.is_sweep_override()])
+    first = []
+    for override in parsed:
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+            first.append(f"{override.get_key_element()}={values[0]}")
+        else:
+            first.append(override.input_line)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=first)
+
+
+@contextmanager
+def config_errors():
+    """Hydra's and OmegaConf's errors (a bad override, a wrong type) as one-line UnlearnErrors."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
-        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
-        check_sweepable([override.get_key_element() for override in parsed if override.is_sweep_override()])
-        first = []
-        for override in parsed:
-            if override.is_sweep_override():
-                values = list(override.sweep_string_iterator())
-                first.append(f"{override.get_key_element()}={values[0]}")
-            else:
-                first.append(override.input_line)
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=first)
-        keys = [override.get_key_element().lstrip("+~") for override in parsed]
-        plan(cfg, [key for key in keys if key.startswith("method.")])
-        check_logger(cfg)
-        check_writable(_output_dir(cfg, overrides, multirun))
+        yield
     except (HydraException, OmegaConfBaseException) as exc:
         raise UnlearnError(_first_line(exc)) from None
 
@@ -171,18 +193,24 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    cli(hydra_main, precheck)
+
+
+def cli(entry, check) -> None:
+    """Normalise the arguments, `check(overrides, multirun)` them (an UnlearnError is one line and exit 2),
+    then hand over to the Hydra entry."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     arguments = sys.argv[1:]
     try:
         arguments = [normalize_argument(a) if not a.startswith("-") else a for a in arguments]
         if not INFO_FLAGS.intersection(arguments):
             multirun = "--multirun" in arguments or "-m" in arguments
-            precheck([a for a in arguments if not a.startswith("-")], multirun)
+            check([a for a in arguments if not a.startswith("-")], multirun)
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     sys.argv = [sys.argv[0], *arguments]
-    hydra_main()
+    entry()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save as safetensors_bytes
 
-from unlearn import config, evaluate_only, rundir
+from unlearn import config, evaluate_only, exclusions, rundir
 from unlearn.config import TopicSpec
 from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, read_texts
 from unlearn.engine import FastEngine
@@ -51,6 +51,8 @@ def plan(cfg: DictConfig, overridden_method_keys: list[str] = ()) -> Plan:
     layer, update_layers = config.unlearn_layers(cfg, num_blocks(model_config))
     check_model_layout(model_config, update_layers, cfg.param_pattern, cfg.model.trust_remote_code,
                        needs_head=method.reads_logits)
+    if cfg.data.exclude:
+        exclusions.read(cfg.data.exclude)  # its format; whether it matches the corpora is checked once they are read
     eval_spec = _eval_spec(cfg)
     evaluate_only.check(cfg, eval_spec, topics, model_config)
     return Plan(topics, method, layer, update_layers, device, dtype, eval_spec)
@@ -116,6 +118,9 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
 
     # Corpora first: a bad file fails before any weights load.
     topics = [load_topic(t.name, t.forget, t.retain, cfg.max_length) for t in p.topics]
+    if cfg.data.exclude:
+        topics, excluded = exclusions.apply(topics, cfg.data.exclude)
+        manifest.update(excluded=excluded)
     if not cfg.data.chunk:  # chunking can only add samples: checked again once tokenized
         check_sizes([(t.name, len(t.forget), len(t.retain)) for t in topics], cfg.steps, cfg.batch_size, cfg.data.cycle)
 

@@ -20,7 +20,7 @@ from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, re
 from unlearn.engine import FastEngine
 from unlearn.errors import UnlearnError
 from unlearn.methods import MethodSpec, control_vector
-from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table
+from unlearn.evaluation import EvalSpec, attacks, check_tasks, evaluate, format_attacks, format_table
 from unlearn.models import cache_root, check_parameter_pattern, load_model, load_model_config, num_blocks, trained_parameters
 from unlearn.tracking import NullTracker, start_tracker
 from unlearn.train import TopicStreams, steering_coefficients, train
@@ -48,7 +48,10 @@ def plan(cfg: DictConfig) -> Plan:
     model_config = load_model_config(cfg.model.name_or_path, cfg.model.trust_remote_code)
     layer, update_layers = config.unlearn_layers(cfg, num_blocks(model_config))
     check_parameter_pattern(model_config, update_layers, cfg.param_pattern, cfg.model.trust_remote_code)
-    return Plan(topics, method, layer, update_layers, device, dtype, _eval_spec(cfg))
+    eval_spec = _eval_spec(cfg)
+    if eval_spec is not None:
+        attacks.check_attack_files(eval_spec, [corpus for t in topics for corpus in (t.forget, t.retain)])
+    return Plan(topics, method, layer, update_layers, device, dtype, eval_spec)
 
 
 def _eval_spec(cfg: DictConfig):
@@ -106,6 +109,10 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     topics = [load_topic(t.name, t.forget, t.retain, cfg.max_length) for t in p.topics]
     if not cfg.data.chunk:  # chunking can only add samples: checked again once tokenized
         check_sizes([(t.name, len(t.forget), len(t.retain)) for t in topics], cfg.steps, cfg.batch_size, cfg.data.cycle)
+    attack_spec = p.eval_spec if p.eval_spec is not None and p.eval_spec.attacks else None
+    if attack_spec is not None:
+        attack_texts = attacks.load_attack_texts(attack_spec, topics)
+        manifest.update(attacks=attacks.attack_settings(attack_spec))
 
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(
@@ -131,6 +138,9 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     if p.eval_spec is not None and p.eval_spec.before:
         base_model = f"{cfg.model.name_or_path}|{p.dtype}|seed={cfg.seed}"  # seed: tiny models are built from it
         before = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=base_model)
+    original_means = None  # the ablation's reference: the base model's block outputs, only known before training
+    if attack_spec is not None and "ablate" in attack_spec.attacks:
+        original_means = attacks.mean_block_outputs(model, tokenizer, attack_texts.ablate, attack_spec.attack.ablate)
 
     engine = FastEngine(model, p.layer, p.update_layers[0])
     coefficients, norms = steering_coefficients(engine, p.method, streams)
@@ -154,9 +164,16 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         results["after"] = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=None)
         print(format_table(before, results["after"]))
     rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
-    tracker.log_results(results)
     if save_model:
         rundir.save_model_atomic(model, tokenizer, run_dir / rundir.MODEL_DIR)
+    if attack_spec is not None:  # each on its own copy or view: the model above is left as saved
+        results["attacks"] = attacks.run_attacks(
+            model, tokenizer, attack_spec, attack_texts, original_means, before=before, after=results["after"],
+            trained_blocks=p.update_layers, unlearn_layer=p.layer,
+            control_vectors={t.name: v.detach().cpu() for t, v in zip(p.topics, vectors)})
+        print(format_attacks(results["attacks"]))
+        rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
+    tracker.log_results(results)
     return results
 
 

@@ -165,7 +165,7 @@ def run_attacks(
             evaluation, details = _ablate_attack(model, tokenizer, spec, texts.ablate, original_means,
                                                  trained_blocks, unlearn_layer, control_vectors)
         else:
-            evaluation = _evaluate_tasks(model, tokenizer, spec, spec.attack.fewshot.num_fewshot)
+            evaluation = evaluate_tasks(model, tokenizer, spec, spec.attack.fewshot.num_fewshot)
             details = {"num_fewshot": spec.attack.fewshot.num_fewshot}
         forget = domain_accuracy(evaluation, list(spec.forget_tasks))
         results[name] = {
@@ -188,7 +188,7 @@ def recovered_fraction(before: float | None, after: float | None, attacked: floa
     return (attacked - after) / (before - after)
 
 
-def _evaluate_tasks(model, tokenizer, spec: EvalSpec, num_fewshot: int) -> dict[str, Any]:
+def evaluate_tasks(model, tokenizer, spec: EvalSpec, num_fewshot: int) -> dict[str, Any]:
     """The forget and retain tasks only (no robustness pass, no probes), never cached."""
     tasks = tuple(dict.fromkeys(spec.forget_tasks + spec.retain_tasks))
     only_tasks = replace(spec, tasks=tasks, num_fewshot=num_fewshot, attacks=(),
@@ -204,7 +204,7 @@ def _evaluate_tasks(model, tokenizer, spec: EvalSpec, num_fewshot: int) -> dict[
 def _relearn_attack(model, tokenizer, spec: EvalSpec, texts: list[str]):
     settings = spec.attack.relearn
     with relearned(model, tokenizer, texts, settings) as (attacked, losses, trainable):
-        evaluation = _evaluate_tasks(attacked, tokenizer, spec, spec.num_fewshot)
+        evaluation = evaluate_tasks(attacked, tokenizer, spec, spec.num_fewshot)
     details = {"lora": settings.lora, "documents": len(texts), "steps": settings.steps,
                "trainable_parameters": trainable, "loss_first": losses[0], "loss_last": losses[-1]}
     return evaluation, details
@@ -336,7 +336,7 @@ def _ablate_attack(model, tokenizer, spec: EvalSpec, texts: list[str], original_
         if differences[index].norm() > ZERO_DIRECTION * original_means[index].norm():
             directions[index] = differences[index]
     with projected_out(model, directions):
-        evaluation = _evaluate_tasks(model, tokenizer, spec, spec.num_fewshot)
+        evaluation = evaluate_tasks(model, tokenizer, spec, spec.num_fewshot)
     details = {
         "blocks": settings.blocks,
         "ablated_blocks": sorted(directions),

@@ -258,7 +258,7 @@ def _attack(cfg: Any, attacks: tuple[str, ...]) -> AttackSpec:
 
 
 def _is_given(path: Any) -> bool:
-    return isinstance(path, str) and bool(path) and path != "???"
+    return isinstance(path, str) and bool(path)
 
 
 # ---------------------------------------------------------------------------------------------------------

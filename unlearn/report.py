@@ -8,11 +8,14 @@ Writes into the sweep directory (or `--output-dir`):
                                forget/retain losses when the runs have no evaluation); not for one cell
     pareto.png                 forget vs retain accuracy of every run, the Pareto front marked
     rna_robustness.png         RNA: robustness drop (retain accuracy lost when a forget keyword is inserted) vs nu
+    attacks_recovered.png      knowledge-recovery attacks: the recovered fraction of the forget gap per method
 
 Coefficient = `method.steering_coeff` (RMU, RNA over RMU), `method.beta` (Adaptive RMU, RNA over it) or
 `method.alpha` (NPO, SimNPO, RNA over them: their forget term has no target scale, so the retain weight is the
 knob). Runs are grouped by variant: the method with its base and retain term, e.g. `npo+kl`, `rna/simnpo+mse`.
 Forget (retain) accuracy = the unweighted mean `acc` of the run's `eval.forget_tasks` (`eval.retain_tasks`).
+Attack columns (`<attack>_forget_acc`, `<attack>_retain_acc`, `<attack>_recovered`) are read from results.json's
+`attacks`, where the run computed them.
 Runs that failed, were interrupted or are still running are listed with their status and the losses they got
 to; only completed runs enter the plots. Safe to run on a sweep that is still going.
 """
@@ -38,6 +41,7 @@ from unlearn import rundir
 
 EXIT_BAD_INPUT = 2
 LOSSES = ("loss", "forget_loss", "retain_loss")
+ATTACKS = ("relearn", "ablate", "fewshot")  # unlearn.evaluation.spec.ATTACKS (importing it would load lm-eval)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -105,6 +109,7 @@ def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         "seed": config.get("seed"),
     }
     row.update(_evaluation_columns(config, results))
+    row.update(_attack_columns(results))
     row.update(_training_columns(run_dir, results))
     row.update({"started": manifest.get("started"), "ended": manifest.get("ended"), "error": manifest.get("error")})
     return row
@@ -131,6 +136,17 @@ def _evaluation_columns(config: dict, results: dict) -> dict[str, Any]:
             columns[f"probe_{text_set}_confidence_{section}"] = stats.get("confidence")
         for task, metrics in (evaluation.get("tasks") or {}).items():
             columns[f"acc_{section}/{task}"] = metrics.get("acc")
+    return columns
+
+
+def _attack_columns(results: dict) -> dict[str, Any]:
+    """Per attack: forget and retain accuracy after it and the recovered fraction, as the run stored them."""
+    columns: dict[str, Any] = {}
+    for name in ATTACKS:
+        entry = (results.get("attacks") or {}).get(name) or {}
+        for key in ("forget_acc", "retain_acc"):
+            columns[f"{name}_{key}"] = entry.get(key)
+        columns[f"{name}_recovered"] = entry.get("recovered_fraction")
     return columns
 
 
@@ -204,6 +220,7 @@ MARKDOWN_COLUMNS = [  # (header, key, format)
     ("run", "label", "s"), ("status", "status", "s"), ("method", "variant", "s"), ("layer", "layer", "s"),
     ("coeff", "coeff", "g"), ("nu", "nu", "g"), ("forget acc %", "forget_acc", "arrow"),
     ("retain acc %", "retain_acc", "arrow"), ("robust drop %", "robust_drop", "arrow"),
+    *((f"{name}: forget % (recovered)", name, "attack") for name in ATTACKS),
     ("forget loss", "final_forget_loss", ".4g"), ("retain loss", "final_retain_loss", ".4g"),
     ("step s", "median_step_time_s", ".3g"), ("error", "error", "s"),
 ]
@@ -238,6 +255,9 @@ def markdown(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
     if any(_present(row, "forget_acc") for row in rows):
         lines += ["", "Accuracies in percent, before -> after unlearning; robustness drop = clean minus "
                       "keyword-perturbed retain accuracy (RNA paper)."]
+    if any(_present(row, name) for row in rows for name in ATTACKS):
+        lines += ["Attacks: forget accuracy after the attack, and in brackets the recovered fraction of the forget "
+                  "gap, (attacked - after) / (before - after)."]
     return "\n".join(lines) + "\n"
 
 
@@ -252,6 +272,8 @@ def short_labels(names: list[str]) -> tuple[list[str], str]:
 def _present(row: dict, key: str) -> bool:
     if key in ("forget_acc", "retain_acc", "robust_drop"):
         return row.get(f"{key}_after") is not None or row.get(f"{key}_before") is not None
+    if key in ATTACKS:
+        return row.get(f"{key}_forget_acc") is not None
     return row.get(key) not in (None, "")
 
 
@@ -261,6 +283,11 @@ def _cell(row: dict, key: str, fmt: str) -> str:
         if before is None and after is None:
             return ""
         return f"{_percent(before)} -> {_percent(after)}" if before is not None else _percent(after)
+    if fmt == "attack":
+        forget, recovered = row.get(f"{key}_forget_acc"), row.get(f"{key}_recovered")
+        if forget is None:
+            return ""
+        return _percent(forget) + (f" ({recovered:.0%})" if recovered is not None else "")
     value = row.get(key)
     if value is None or value == "":
         return ""
@@ -451,6 +478,39 @@ def plot_rna(rows: list[dict], out_dir: Path) -> Path | None:
     return _save(figure, out_dir / "rna_robustness.png")
 
 
+def plot_attacks(rows: list[dict], out_dir: Path) -> Path | None:
+    """Per method, one bar per attack: the mean recovered fraction of the forget gap over its completed runs,
+    each run a dot on its bar. 0 = nothing came back, 1 = the base model's forget accuracy is back."""
+    done = _completed(rows)
+    attacks = [name for name in ATTACKS if any(row.get(f"{name}_recovered") is not None for row in done)]
+    if not attacks:
+        return None
+    import pandas as pd
+
+    frame = pd.DataFrame([{"method": str(row["method"]), "attack": name, "recovered": row[f"{name}_recovered"]}
+                          for row in done for name in attacks if row.get(f"{name}_recovered") is not None])
+    methods = sorted(frame["method"].unique())
+    means = frame.groupby(["method", "attack"])["recovered"].mean()
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(1.5 + 1.2 * len(methods) * len(attacks) / 2, 4.5))
+    width = 0.8 / len(attacks)
+    for j, name in enumerate(attacks):
+        positions = [i + (j - (len(attacks) - 1) / 2) * width for i in range(len(methods))]
+        heights = [means.get((method, name), math.nan) for method in methods]
+        axis.bar(positions, heights, width=width, label=name, alpha=0.8)
+        for position, method in zip(positions, methods):
+            values = frame[(frame["method"] == method) & (frame["attack"] == name)]["recovered"]
+            axis.scatter([position] * len(values), values, color="black", s=10, zorder=3)
+    axis.axhline(0, color="gray", lw=0.8)
+    axis.axhline(1, color="red", ls=":", lw=1, label="all of the forget gap")
+    axis.set_xticks(range(len(methods)), methods)
+    axis.set_ylabel("recovered fraction of the forget gap")
+    axis.set_title("knowledge recovered by each attack (dots: runs)")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3, axis="y")
+    return _save(figure, out_dir / "attacks_recovered.png")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 
@@ -468,7 +528,8 @@ def report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[str, list[Path
     rundir.write_text_atomic(out_dir / "report.md", text)
     written = [out_dir / "report.csv", out_dir / "report.md"]
     written += plot_heatmaps(rows, out_dir)
-    written += [path for path in (plot_pareto(rows, out_dir), plot_rna(rows, out_dir)) if path]
+    written += [path for path in (plot_pareto(rows, out_dir), plot_rna(rows, out_dir),
+                                  plot_attacks(rows, out_dir)) if path]
     return text, written
 
 

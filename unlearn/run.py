@@ -20,7 +20,7 @@ from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, re
 from unlearn.engine import FastEngine
 from unlearn.errors import UnlearnError
 from unlearn.methods import MethodSpec, build as build_method
-from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table
+from unlearn.evaluation import EvalSpec, attacks, check_tasks, evaluate, format_attacks, format_table
 from unlearn.evaluation.cache import model_identity
 from unlearn.models import cache_root, check_model_layout, load_model, load_model_config, num_blocks, trained_parameters
 from unlearn.tracking import NullTracker, start_tracker
@@ -55,6 +55,8 @@ def plan(cfg: DictConfig, overridden_method_keys: list[str] = ()) -> Plan:
         exclusions.read(cfg.data.exclude)  # its format; whether it matches the corpora is checked once they are read
     eval_spec = _eval_spec(cfg)
     evaluate_only.check(cfg, eval_spec, topics, model_config)
+    if eval_spec is not None:
+        attacks.check_attack_files(eval_spec, [corpus for t in topics for corpus in (t.forget, t.retain)])
     return Plan(topics, method, layer, update_layers, device, dtype, eval_spec)
 
 
@@ -123,6 +125,10 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         manifest.update(excluded=excluded)
     if not cfg.data.chunk:  # chunking can only add samples: checked again once tokenized
         check_sizes([(t.name, len(t.forget), len(t.retain)) for t in topics], cfg.steps, cfg.batch_size, cfg.data.cycle)
+    attack_spec = p.eval_spec if p.eval_spec is not None and p.eval_spec.attacks else None
+    if attack_spec is not None:
+        attack_texts = attacks.load_attack_texts(attack_spec, topics)
+        manifest.update(attacks=attacks.attack_settings(attack_spec))
 
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(
@@ -149,6 +155,9 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     if p.eval_spec is not None and p.eval_spec.before:
         base_model = model_identity(cfg.model.name_or_path, seed=cfg.seed)  # the weights: see evaluation.cache
         before = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=base_model)
+    original_means = None  # the ablation's reference: the base model's block outputs, only known before training
+    if attack_spec is not None and "ablate" in attack_spec.attacks:
+        original_means = attacks.mean_block_outputs(model, tokenizer, attack_texts.ablate, attack_spec.attack.ablate)
 
     engine = FastEngine(model, p.layer, p.update_layers[0])
     method.setup(engine, [s.forget.batch(0) for s in streams])
@@ -177,9 +186,16 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         results["after"] = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=None)
         print(format_table(before, results["after"]))
     rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
-    tracker.log_results(results)
     if save_model:
         rundir.save_model_atomic(model, tokenizer, run_dir / rundir.MODEL_DIR)
+    if attack_spec is not None:  # each on its own copy or view: the model above is left as saved
+        results["attacks"] = attacks.run_attacks(
+            model, tokenizer, attack_spec, attack_texts, original_means, before=before, after=results["after"],
+            trained_blocks=p.update_layers, unlearn_layer=p.layer,
+            control_vectors={t.name: v.detach().cpu() for t, v in zip(p.topics, vectors)})
+        print(format_attacks(results["attacks"]))
+        rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
+    tracker.log_results(results)
     return results
 
 

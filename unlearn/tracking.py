@@ -1,7 +1,7 @@
 """Experiment tracking beyond the run directory: Weights & Biases, or nothing (`logger=none`).
 
 `logger=wandb` logs the resolved config, every step's losses and step time (and the adaptive coefficient), and
-results.json flattened into `eval/...` and `training/...` summary keys. The W&B files go inside the run
+results.json flattened into `eval/...` (the attacks' under `eval/attacks/...`) and `training/...` summary keys. The W&B files go inside the run
 directory (`<run dir>/wandb/`). Without credentials the run is logged offline and `wandb sync` uploads it later.
 A multirun is one W&B group. The API key stays where W&B keeps it (WANDB_API_KEY or ~/.netrc): it never enters
 the config, the manifest or the logged config.
@@ -208,8 +208,8 @@ def step_metrics(record: dict) -> dict[str, float]:
 
 def flatten_results(results: dict) -> dict[str, Any]:
     """results.json as flat summary keys: `eval/before/...`, `eval/after/...` (tasks, robustness, probes), with
-    `eval/<section>/forget_acc` and `retain_acc` (mean accuracy over the forget and retain tasks) on top, and
-    `training/...`."""
+    `eval/<section>/forget_acc` and `retain_acc` (mean accuracy over the forget and retain tasks) on top,
+    `eval/attacks/<attack>/...` (forget_acc, retain_acc, recovered_fraction, per-task metrics) and `training/...`."""
     from unlearn.report import domain_accuracy
 
     flat: dict[str, Any] = {}
@@ -223,6 +223,7 @@ def flatten_results(results: dict) -> dict[str, Any]:
             accuracy = domain_accuracy(evaluation, domains.get(domain) or [])
             if accuracy is not None:
                 flat[f"eval/{section}/{domain}_acc"] = accuracy
+    _flatten(results.get("attacks"), "eval/attacks", flat)  # eval/attacks/<name>/recovered_fraction, forget_acc, ...
     _flatten(results.get("training"), "training", flat)
     return flat
 

@@ -7,10 +7,12 @@
                       probe_texts=..., cache_key="<model id>")
     ...
     print(format_table(before, after))
+    # knowledge-recovery attacks: unlearn.evaluation.attacks (run.py runs them after the "after" evaluation)
 """
 
-from unlearn.evaluation.spec import EvalSpec, ProbeSpec, RobustnessSpec
+from unlearn.evaluation.spec import AttackSpec, EvalSpec, ProbeSpec, RobustnessSpec
 from unlearn.evaluation.suite import check_tasks, evaluate
-from unlearn.evaluation.table import format_table
+from unlearn.evaluation.table import format_attacks, format_table
 
-__all__ = ["EvalSpec", "ProbeSpec", "RobustnessSpec", "check_tasks", "evaluate", "format_table"]
+__all__ = ["AttackSpec", "EvalSpec", "ProbeSpec", "RobustnessSpec", "check_tasks", "evaluate", "format_attacks",
+           "format_table"]

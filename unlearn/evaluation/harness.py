@@ -75,6 +75,9 @@ def run_tasks(
 ) -> dict[str, Any]:
     """lm-eval's raw results for task specs: registered names (tasks, groups, tags) and task config dicts."""
     with _global_rng_kept(), eval_mode(model), quiet():
+        if num_fewshot:  # lm-eval ignores the request for a task whose YAML says `num_fewshot: 0` (WMDP's, ours)
+            for task in manager.load(tasks)["tasks"].values():
+                task.set_config(key="num_fewshot", value=num_fewshot)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         return simple_evaluate(
             model=lm,

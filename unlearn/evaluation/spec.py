@@ -13,6 +13,8 @@ from typing import Any
 from unlearn.errors import UnlearnError
 
 POSITIONS = ("start", "end", "random")
+ATTACKS = ("relearn", "ablate", "fewshot")  # knowledge-recovery attacks (REFERENCE)
+ABLATE_BLOCKS = ("all", "trained")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,53 @@ class ProbeSpec:
 
 
 @dataclass(frozen=True)
+class RelearnSpec:
+    """Fine-tune the unlearned model for a few steps on held-out text, then evaluate (Lucki et al. 2024)."""
+
+    path: str  # a local JSONL/.txt file, a bundled file (pkg://) or a hub dataset; never a training corpus
+    name: str | None  # hub dataset config
+    split: str  # hub dataset split
+    text_field: str
+    max_documents: int  # the first documents of the file
+    max_length: int  # tokens per document
+    lora: bool  # True: LoRA adapters on the model (removed afterwards); False: full fine-tune of a copy
+    lora_rank: int
+    lora_alpha: float
+    lora_targets: str | tuple[str, ...]  # peft's target_modules ("all-linear" or module names)
+    lr: float
+    steps: int  # optimizer steps; the documents are reused in order when steps need more
+    batch_size: int
+    seed: int  # seeds the LoRA initialisation
+
+
+@dataclass(frozen=True)
+class AblateSpec:
+    """Project the difference-of-means direction out of the block outputs (Arditi & Chughtai 2024)."""
+
+    path: str  # forget-domain text the means are taken over (a local or bundled file)
+    text_field: str
+    max_documents: int
+    max_length: int
+    batch_size: int
+    skip_tokens: int  # the first tokens of each document left out of the means (besides special tokens)
+    blocks: str  # all | trained
+
+
+@dataclass(frozen=True)
+class FewshotSpec:
+    """The forget (and retain) tasks again with examples in the prompt (Doshi & Stickland 2024)."""
+
+    num_fewshot: int
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    relearn: RelearnSpec
+    ablate: AblateSpec
+    fewshot: FewshotSpec
+
+
+@dataclass(frozen=True)
 class EvalSpec:
     name: str
     tasks: tuple[str, ...]  # lm-eval tasks or groups, run before and after
@@ -55,6 +104,8 @@ class EvalSpec:
     num_fewshot: int
     robustness: RobustnessSpec
     probes: ProbeSpec
+    attacks: tuple[str, ...]  # knowledge-recovery attacks run after the evaluation, in order
+    attack: AttackSpec  # their settings
 
     @property
     def enabled(self) -> bool:
@@ -68,6 +119,12 @@ class EvalSpec:
         tasks = _names(cfg["tasks"], "eval.tasks")
         forget_tasks = _subset(cfg["forget_tasks"], tasks, "eval.forget_tasks")
         retain_tasks = _subset(cfg["retain_tasks"], tasks, "eval.retain_tasks")
+        attacks = _attack_names(cfg["attacks"])
+        if attacks and not forget_tasks:
+            raise UnlearnError(
+                f"eval.attacks={list(attacks)} needs forget tasks to measure what comes back: set "
+                "eval.forget_tasks=[...] (and eval.retain_tasks), or eval.attacks=[]"
+            )
         return cls(
             name=str(cfg["name"]),
             tasks=tasks,
@@ -80,11 +137,13 @@ class EvalSpec:
             num_fewshot=_count(cfg["num_fewshot"], "eval.num_fewshot", minimum=0),
             robustness=_robustness(cfg["robustness"]),
             probes=_probes(cfg["probes"]),
+            attacks=attacks,
+            attack=_attack(cfg["attack"], attacks),
         )
 
 
 _EVAL_KEYS = ("name", "tasks", "forget_tasks", "retain_tasks", "include_paths", "before", "batch_size", "limit",
-              "num_fewshot", "robustness", "probes")
+              "num_fewshot", "robustness", "probes", "attacks", "attack")
 _ROBUSTNESS_KEYS = ("enabled", "tasks", "position", "insertions", "seed", "field", "keywords")
 _PROBE_KEYS = ("enabled", "forget_path", "retain_path", "text_field", "max_documents", "max_length", "batch_size",
                "control_vectors")
@@ -132,6 +191,77 @@ def _probes(cfg: Any) -> ProbeSpec:
             "eval.probes.retain_path=... (JSONL or .txt), or eval.probes.enabled=false"
         )
     return spec
+
+
+_ATTACK_KEYS = ATTACKS
+_RELEARN_KEYS = ("path", "name", "split", "text_field", "max_documents", "max_length", "lora", "lora_rank",
+                 "lora_alpha", "lora_targets", "lr", "steps", "batch_size", "seed")
+_ABLATE_KEYS = ("path", "text_field", "max_documents", "max_length", "batch_size", "skip_tokens", "blocks")
+_FEWSHOT_KEYS = ("num_fewshot",)
+
+
+def _attack_names(value: Any) -> tuple[str, ...]:
+    names = _names(value, "eval.attacks")
+    for name in names:
+        if name not in ATTACKS:
+            close = difflib.get_close_matches(name, ATTACKS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UnlearnError(f"unknown attack '{name}' in eval.attacks: {hint}valid names: {', '.join(ATTACKS)}")
+    return names
+
+
+def _attack(cfg: Any, attacks: tuple[str, ...]) -> AttackSpec:
+    """Every attack's settings are checked, listed or not: a preset that turns one on later must be valid."""
+    _check_keys(cfg, _ATTACK_KEYS, "eval.attack")
+    relearn, ablate, fewshot = cfg["relearn"], cfg["ablate"], cfg["fewshot"]
+    _check_keys(relearn, _RELEARN_KEYS, "eval.attack.relearn")
+    _check_keys(ablate, _ABLATE_KEYS, "eval.attack.ablate")
+    _check_keys(fewshot, _FEWSHOT_KEYS, "eval.attack.fewshot")
+    for name, settings, what in (("relearn", relearn, "text the run does not train on"),
+                                 ("ablate", ablate, "forget-domain text")):
+        if name in attacks and not _is_given(settings["path"]):
+            raise UnlearnError(
+                f"eval.attack.{name}.path is required for the {name} attack: give {what} "
+                f"(eval.attack.{name}.path=/path/to/text.jsonl), or leave {name} out of eval.attacks"
+            )
+    if ablate["blocks"] not in ABLATE_BLOCKS:
+        raise UnlearnError(f"eval.attack.ablate.blocks must be one of {', '.join(ABLATE_BLOCKS)} "
+                           f"(got {ablate['blocks']!r})")
+    targets = relearn["lora_targets"]
+    return AttackSpec(
+        relearn=RelearnSpec(
+            path=str(relearn["path"]),
+            name=relearn["name"],
+            split=str(relearn["split"]),
+            text_field=str(relearn["text_field"]),
+            max_documents=_count(relearn["max_documents"], "eval.attack.relearn.max_documents", minimum=1),
+            max_length=_count(relearn["max_length"], "eval.attack.relearn.max_length", minimum=2),
+            lora=_boolean(relearn["lora"], "eval.attack.relearn.lora"),
+            lora_rank=_count(relearn["lora_rank"], "eval.attack.relearn.lora_rank", minimum=1),
+            lora_alpha=_positive(relearn["lora_alpha"], "eval.attack.relearn.lora_alpha"),
+            lora_targets=targets if isinstance(targets, str) else _names(targets, "eval.attack.relearn.lora_targets"),
+            lr=_positive(relearn["lr"], "eval.attack.relearn.lr"),
+            steps=_count(relearn["steps"], "eval.attack.relearn.steps", minimum=1),
+            batch_size=_count(relearn["batch_size"], "eval.attack.relearn.batch_size", minimum=1),
+            seed=_count(relearn["seed"], "eval.attack.relearn.seed", minimum=0),
+        ),
+        ablate=AblateSpec(
+            path=str(ablate["path"]),
+            text_field=str(ablate["text_field"]),
+            max_documents=_count(ablate["max_documents"], "eval.attack.ablate.max_documents", minimum=1),
+            max_length=_count(ablate["max_length"], "eval.attack.ablate.max_length", minimum=2),
+            batch_size=_count(ablate["batch_size"], "eval.attack.ablate.batch_size", minimum=1),
+            skip_tokens=_count(ablate["skip_tokens"], "eval.attack.ablate.skip_tokens", minimum=0),
+            blocks=ablate["blocks"],
+        ),
+        fewshot=FewshotSpec(
+            num_fewshot=_count(fewshot["num_fewshot"], "eval.attack.fewshot.num_fewshot", minimum=1),
+        ),
+    )
+
+
+def _is_given(path: Any) -> bool:
+    return isinstance(path, str) and bool(path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,6 +314,12 @@ def _count(value: Any, key: str, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UnlearnError(f"{key} must be an integer >= {minimum} (got {value!r})")
     return value
+
+
+def _positive(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UnlearnError(f"{key} must be a positive number (got {value!r})")
+    return float(value)
 
 
 def _batch_size(value: Any) -> int | str:

@@ -63,3 +63,21 @@ def _probe_rows(before, after) -> list[Row]:
             rows.append((f"{label} cos u[{topic}]", (previous.get("cosine") or {}).get(topic), cosine, ".3f"))
         rows.append((f"probe {text_set} confidence", previous.get("confidence"), stats["confidence"], ".3f"))
     return rows
+
+
+def format_attacks(attacks: dict[str, Any]) -> str:
+    """The knowledge-recovery attacks under the before/after table: forget and retain accuracy (%) after each
+    attack, beside the unlearned model's, and the recovered fraction of the forget gap."""
+    if not attacks:
+        return ""
+    first = next(iter(attacks.values()))
+    rows = [("unlearned (after)", _percent(first.get("forget_acc_after")), _percent(first.get("retain_acc_after")), None)]
+    rows += [(f"attack {name}", _percent(entry.get("forget_acc")), _percent(entry.get("retain_acc")),
+              entry.get("recovered_fraction")) for name, entry in attacks.items()]
+    width = max(len(label) for label, *_ in rows)
+    lines = [f"{'knowledge recovery':<{width}}  {'forget':>8}  {'retain':>8}  {'recovered':>9}"]
+    for label, forget, retain, recovered in rows:
+        lines.append(f"{label:<{width}}  {_cell(forget, '.1f'):>8}  {_cell(retain, '.1f'):>8}  "
+                     f"{_cell(recovered, '.0%') if label != rows[0][0] else '':>9}")
+    lines.append("recovered = (forget attacked - after) / (before - after): the share of the forget gap that came back")
+    return "\n".join(lines)

@@ -53,7 +53,7 @@ def composed_eval(*overrides: str) -> dict:
 def spec(tmp_path_factory) -> EvalSpec:
     """eval=demo_attacks on the fixture questions (6 forget, 8 retain), small relearn budget."""
     folder = tmp_path_factory.mktemp("tasks")
-    for path in DEMO_TASKS.glob("*yaml"):
+    for path in [*DEMO_TASKS.glob("*yaml"), *DEMO_TASKS.glob("*.py")]:  # the YAMLs and their data loader
         shutil.copy(path, folder)
     for path in FIXTURES.glob("*.jsonl"):
         shutil.copy(path, folder)

@@ -6,7 +6,6 @@ a second); `run(cfg, run_dir)` carries the plan out and leaves the run directory
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,37 +74,29 @@ def run(cfg: DictConfig, run_dir: Path, save_model: bool, multirun: bool = False
     manifest = rundir.Manifest(run_dir, seed=cfg.seed, device=None, dtype=None, batch_size=cfg.batch_size)
     metrics = rundir.MetricsLog(run_dir)
     tracker = NullTracker()
-    # SIGINT too: a process started from a background job inherits SIGINT as ignored, and Python then installs
-    # no KeyboardInterrupt handler of its own; the run must still end as interrupted.
-    previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
-    status, error = "failed", None
-    try:
-        tracker = start_tracker(cfg, run_dir, multirun)
-        results = _pipeline(cfg, run_dir, save_model, manifest, metrics, tracker)
-        status = "completed"
-        return results
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted (SIGINT/SIGTERM)"
-        raise
-    except UnlearnError as exc:
-        error = str(exc)
-        raise
-    except torch.OutOfMemoryError:
-        error = "out of memory: lower batch_size or max_length, or use dtype=bf16"
-        raise UnlearnError(error) from None
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        metrics.close()
-        tracker.finish(status)
-        manifest.finish(status, error=error)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    with rundir.signals_interrupt():  # SIGTERM and SIGINT end the run as interrupted
+        status, error = "failed", None
+        try:
+            tracker = start_tracker(cfg, run_dir, multirun)
+            results = _pipeline(cfg, run_dir, save_model, manifest, metrics, tracker)
+            status = "completed"
+            return results
+        except KeyboardInterrupt:
+            status, error = "interrupted", "interrupted (SIGINT/SIGTERM)"
+            raise
+        except UnlearnError as exc:
+            error = str(exc)
+            raise
+        except torch.OutOfMemoryError:
+            error = "out of memory: lower batch_size or max_length, or use dtype=bf16"
+            raise UnlearnError(error) from None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            metrics.close()
+            tracker.finish(status)
+            manifest.finish(status, error=error)
 
 
 def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir.Manifest,

@@ -10,8 +10,10 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -140,3 +142,18 @@ def save_model_atomic(model, tokenizer, target: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@contextmanager
+def signals_interrupt():
+    """Inside, SIGTERM and SIGINT raise KeyboardInterrupt, so a run ends as `interrupted`: SIGINT too, because a
+    process started from a background job inherits it as ignored and Python then installs no handler of its own."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -221,3 +221,14 @@ def test_bad_path_and_empty_directory_are_one_line(tmp_path):
     empty = run_report(str(tmp_path))
     assert empty.returncode == 2 and empty.stderr.strip().count("\n") == 0
     assert "no runs in" in empty.stderr
+
+
+def test_stored_accuracies_are_read_and_older_runs_fall_back_to_the_same_definition(tmp_path):
+    """forget_acc / retain_acc as the run stored them (0.9 / 0.1 here, not the tasks' mean); a results.json written
+    before they were stored gets the mean of its domains' tasks: forget (0.2 + 0.4) / 2, retain 0.7."""
+    stored = {**evaluation((0.2, 0.4), 0.7, 0.1, 80.0), "forget_acc": 0.9, "retain_acc": 0.1}
+    make_run(tmp_path, "stored", method="rmu", layer=3, coeff=5, after=stored)
+    make_run(tmp_path, "older", method="rmu", layer=3, coeff=10, after=evaluation((0.2, 0.4), 0.7, 0.1, 80.0))
+    rows = {row["run"]: row for row in report.collect(tmp_path)}
+    assert (rows["stored"]["forget_acc_after"], rows["stored"]["retain_acc_after"]) == (0.9, 0.1)
+    assert rows["older"]["forget_acc_after"] == pytest.approx(0.3) and rows["older"]["retain_acc_after"] == 0.7

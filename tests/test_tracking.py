@@ -121,6 +121,7 @@ RESULTS = {
         "lm_eval_version": "0.4.13",
         "domains": {"forget": ["demo_forget"], "retain": ["demo_retain"]},
         "tasks": {"demo_forget": {"acc": 0.25, "n": 40}, "demo_retain": {"acc": 0.75, "n": 40}},
+        "forget_acc": 0.3, "retain_acc": 0.7,  # as evaluate() stored them (not the tasks' mean: read, not recomputed)
         "robustness": {"clean": 0.75, "perturbed": 0.5, "drop": 0.25, "keywords": {}, "tasks": {}},
         "probes": {"layer": 5, "forget": {"mean_norm": 40.0, "cosine": {"bio": 0.9}, "confidence": 0.1}},
     },
@@ -148,7 +149,7 @@ def test_offline_run_holds_config_steps_results_group_and_no_key(tmp_path, monke
     assert all(row["train/adaptive_coeff"] == 42.0 and "train/step_time_s" in row for row in history)
     assert history[0]["train/bio/forget_loss"] == 2.0
     assert summary["eval/after/tasks/demo_forget/acc"] == 0.25
-    assert summary["eval/after/forget_acc"] == 0.25 and summary["eval/after/retain_acc"] == 0.75
+    assert summary["eval/after/forget_acc"] == 0.3 and summary["eval/after/retain_acc"] == 0.7
     assert summary["eval/after/robustness/drop"] == 0.25
     assert summary["eval/after/probes/forget/mean_norm"] == 40.0
     assert summary["training/topics/bio/adaptive_norm"] == 8.4

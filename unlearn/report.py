@@ -38,6 +38,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from unlearn import rundir
+from unlearn.accuracy import domain_accuracies
 
 EXIT_BAD_INPUT = 2
 LOSSES = ("loss", "forget_loss", "retain_loss")
@@ -46,13 +47,6 @@ ATTACKS = ("relearn", "ablate", "fewshot")  # unlearn.evaluation.spec.ATTACKS (i
 
 # ---------------------------------------------------------------------------------------------------------
 # Reading a run
-
-
-def domain_accuracy(evaluation: dict | None, tasks: list[str]) -> float | None:
-    """Unweighted mean `acc` over those of `tasks` that the evaluation holds; None when it holds none."""
-    found = [((evaluation or {}).get("tasks") or {}).get(task, {}).get("acc") for task in tasks]
-    found = [value for value in found if isinstance(value, (int, float))]
-    return sum(found) / len(found) if found else None
 
 
 PO_METHODS = ("npo", "simnpo")
@@ -108,22 +102,19 @@ def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         "lr": config.get("lr"),
         "seed": config.get("seed"),
     }
-    row.update(_evaluation_columns(config, results))
+    row.update(_evaluation_columns(results))
     row.update(_attack_columns(results))
     row.update(_training_columns(run_dir, results))
     row.update({"started": manifest.get("started"), "ended": manifest.get("ended"), "error": manifest.get("error")})
     return row
 
 
-def _evaluation_columns(config: dict, results: dict) -> dict[str, Any]:
-    eval_config = config.get("eval") or {}
+def _evaluation_columns(results: dict) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for section in ("before", "after"):
         evaluation = results.get(section) or {}
-        domains = evaluation.get("domains") or {}
         for domain in ("forget", "retain"):
-            tasks = eval_config.get(f"{domain}_tasks") or domains.get(domain) or []
-            columns[f"{domain}_acc_{section}"] = domain_accuracy(evaluation, list(tasks))
+            columns[f"{domain}_acc_{section}"] = stored_accuracies(evaluation)[f"{domain}_acc"]
         robustness = evaluation.get("robustness") or {}
         for what in ("clean", "perturbed", "drop"):
             columns[f"robust_{what}_{section}"] = robustness.get(what)
@@ -137,6 +128,14 @@ def _evaluation_columns(config: dict, results: dict) -> dict[str, Any]:
         for task, metrics in (evaluation.get("tasks") or {}).items():
             columns[f"acc_{section}/{task}"] = metrics.get("acc")
     return columns
+
+
+def stored_accuracies(evaluation: dict) -> dict[str, float | None]:
+    """The evaluation's stored forget_acc and retain_acc; for a run written before they were stored, the same
+    definition (unlearn.accuracy) applied to its tasks."""
+    if not evaluation or "forget_acc" in evaluation:
+        return {key: (evaluation or {}).get(key) for key in ("forget_acc", "retain_acc")}
+    return domain_accuracies(evaluation)
 
 
 def _attack_columns(results: dict) -> dict[str, Any]:

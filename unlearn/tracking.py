@@ -207,23 +207,13 @@ def step_metrics(record: dict) -> dict[str, float]:
 
 
 def flatten_results(results: dict) -> dict[str, Any]:
-    """results.json as flat summary keys: `eval/before/...`, `eval/after/...` (tasks, robustness, probes), with
-    `eval/<section>/forget_acc` and `retain_acc` (mean accuracy over the forget and retain tasks) on top,
-    `eval/attacks/<attack>/...` (forget_acc, retain_acc, recovered_fraction, per-task metrics) and `training/...`."""
-    from unlearn.report import domain_accuracy
-
+    """results.json as flat summary keys: `eval/before/...`, `eval/after/...` (tasks, robustness, probes and the
+    stored `forget_acc` and `retain_acc`), `eval/attacks/<attack>/...` (forget_acc, retain_acc,
+    recovered_fraction, per-task metrics) and `training/...`."""
     flat: dict[str, Any] = {}
     for section in ("before", "after"):
-        evaluation = results.get(section)
-        if not evaluation:
-            continue
-        _flatten(evaluation, f"eval/{section}", flat)
-        domains = evaluation.get("domains") or {}
-        for domain in ("forget", "retain"):
-            accuracy = domain_accuracy(evaluation, domains.get(domain) or [])
-            if accuracy is not None:
-                flat[f"eval/{section}/{domain}_acc"] = accuracy
-    _flatten(results.get("attacks"), "eval/attacks", flat)  # eval/attacks/<name>/recovered_fraction, forget_acc, ...
+        _flatten(results.get(section), f"eval/{section}", flat)
+    _flatten(results.get("attacks"), "eval/attacks", flat)
     _flatten(results.get("training"), "training", flat)
     return flat
 

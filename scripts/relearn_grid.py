@@ -25,7 +25,6 @@ from unlearn.corpora import CorpusSpec, read_texts
 from unlearn.evaluation import EvalSpec
 from unlearn.evaluation.attacks import evaluate_tasks, recovered_fraction, relearned
 from unlearn.models import load_model
-from unlearn.report import domain_accuracy
 
 
 def main() -> None:
@@ -45,8 +44,8 @@ def main() -> None:
     settings = spec.attack.relearn
 
     def accuracies(model, tokenizer) -> tuple[float, float]:
-        tasks = evaluate_tasks(model, tokenizer, spec, spec.num_fewshot)
-        return (domain_accuracy(tasks, list(spec.forget_tasks)), domain_accuracy(tasks, list(spec.retain_tasks)))
+        evaluation = evaluate_tasks(model, tokenizer, spec, spec.num_fewshot)
+        return evaluation["forget_acc"], evaluation["retain_acc"]
 
     base = load_model(args.base)
     forget_before, retain_before = accuracies(*base)

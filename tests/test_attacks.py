@@ -270,6 +270,8 @@ def test_a_run_with_attacks_saves_the_same_model_and_reports_each_attack(tmp_pat
     assert list(results["attacks"]) == ["relearn", "ablate", "fewshot"]
     before = results["before"]["tasks"]["demo_forget"]["acc"]
     after = results["after"]["tasks"]["demo_forget"]["acc"]
+    assert (results["before"]["forget_acc"], results["after"]["forget_acc"]) == (before, after)  # stored once
+    assert results["after"]["retain_acc"] == results["after"]["tasks"]["demo_retain"]["acc"]
     for name, entry in results["attacks"].items():
         assert entry["forget_acc"] == entry["tasks"]["demo_forget"]["acc"]
         assert entry["retain_acc"] == entry["tasks"]["demo_retain"]["acc"]

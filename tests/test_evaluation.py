@@ -165,6 +165,7 @@ def test_demo_tasks_run_in_memory_at_the_configured_batch_size(tiny, task_dir, t
     assert 0.0 <= tasks["demo_forget"]["acc_norm"] <= 1.0
     assert results["lm_eval_version"] == __import__("lm_eval").__version__
     assert results["domains"] == {"forget": ["demo_forget"], "retain": ["demo_retain"]}
+    assert (results["forget_acc"], results["retain_acc"]) == (tasks["demo_forget"]["acc"], tasks["demo_retain"]["acc"])
     # 14 clean + 2 keywords x 8 perturbed questions, 4 choices each, scored 8 at a time
     assert max(batch_rows) == 8
     assert len(batch_rows) <= (14 + 16) * 4 // 8 + 4

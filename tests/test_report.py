@@ -65,7 +65,8 @@ def make_run(sweep: Path, name: str, *, method: str, layer: int, status: str = "
     (run / "manifest.json").write_text(json.dumps({
         "status": status, "started": "2026-11-22T10:00:00+00:00", "ended": None if status == "running" else "x",
         "method": method, "layer": layer, "update_layers": [layer - 2, layer - 1, layer],
-        "steering_coeffs": [coeff or (beta or 0) * 20.0], "error": error}))
+        "steering_coeffs": [coeff or (beta or 0) * 20.0], "error": error,
+        "versions": {"python": "3.11.9", "torch": "2.13.0", "unlearn_git_sha": f"abc{layer}"}}))
     lines = [json.dumps({"step": i, "topic": "bio", "loss": 10.0 - i, "forget_loss": 9.0 - i, "retain_loss": 0.1 * i,
                          "step_time_s": 0.5}) for i in range(steps)]
     text = "\n".join(lines) + "\n" + ('{"step": 99, "topic": "bio", "lo' if partial_line else "")
@@ -137,6 +138,7 @@ def test_values_come_from_results_config_and_manifest(rendered):
     assert float(row["acc_after/mmlu"]) == pytest.approx(0.51)
     assert (row["method"], row["layer"], row["coeff_key"], row["coeff"], row["model"]) == (
         "rmu", "3", "steering_coeff", "10", "zephyr-7b-beta")
+    assert (row["git_sha"], row["versions"]) == ("abc3", "python=3.11.9 torch=2.13.0")
     assert float(row["final_forget_loss"]) == pytest.approx(6.0)
     adaptive = rows["layer=3,method=adaptive_rmu,method.beta=2"]
     assert (adaptive["coeff_key"], adaptive["coeff"]) == ("beta", "2")
@@ -157,12 +159,14 @@ def test_unfinished_runs_show_their_losses_not_stale_results(rendered):
 def test_markdown_is_written_and_printed(sweep, tmp_path, capsys):
     assert report.main([str(sweep), "--output-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    text = (tmp_path / "report.md").read_text()
-    assert text in printed
+    written = (tmp_path / "report.md").read_text()
+    assert written in printed
+    text = "\n".join(" ".join(line.split()) for line in written.splitlines())  # the table's cells are padded
     assert "| run | status | method | layer | coeff | nu | forget acc % |" in text
     assert "| layer=3,method=rmu,method.steering_coeff=10 | completed | rmu | 3 | 10 |" in text
     assert "55.0 -> 42.0" in text  # forget accuracy before -> after, in percent
     assert "| failed |" in text and "| running |" in text and "| not started |" in text
+    assert "Code: unlearn `abc3`, `abc5`, `abc7`" in text and "Packages: `python=3.11.9 torch=2.13.0`" in text
 
 
 @pytest.mark.parametrize("name", ["heatmap_rmu.png", "heatmap_adaptive_rmu.png", "pareto.png", "rna_robustness.png"])
@@ -221,3 +225,14 @@ def test_bad_path_and_empty_directory_are_one_line(tmp_path):
     empty = run_report(str(tmp_path))
     assert empty.returncode == 2 and empty.stderr.strip().count("\n") == 0
     assert "no runs in" in empty.stderr
+
+
+def test_stored_accuracies_are_read_and_older_runs_fall_back_to_the_same_definition(tmp_path):
+    """forget_acc / retain_acc as the run stored them (0.9 / 0.1 here, not the tasks' mean); a results.json written
+    before they were stored gets the mean of its domains' tasks: forget (0.2 + 0.4) / 2, retain 0.7."""
+    stored = {**evaluation((0.2, 0.4), 0.7, 0.1, 80.0), "forget_acc": 0.9, "retain_acc": 0.1}
+    make_run(tmp_path, "stored", method="rmu", layer=3, coeff=5, after=stored)
+    make_run(tmp_path, "older", method="rmu", layer=3, coeff=10, after=evaluation((0.2, 0.4), 0.7, 0.1, 80.0))
+    rows = report.collect(tmp_path).set_index("run").to_dict("index")
+    assert (rows["stored"]["forget_acc_after"], rows["stored"]["retain_acc_after"]) == (0.9, 0.1)
+    assert rows["older"]["forget_acc_after"] == pytest.approx(0.3) and rows["older"]["retain_acc_after"] == 0.7

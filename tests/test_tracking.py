@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -88,19 +89,44 @@ def files_containing(root: Path, text: str) -> list[Path]:
 # Mode
 
 
-def test_auto_mode_is_online_with_credentials_offline_without(tmp_path):
+def auto_mode(monkeypatch, tmp_path: Path, **environ: str) -> tuple[str, str | None]:
+    """`wandb_mode("auto")` in an environment of only `environ` (and a netrc file of tmp_path's), W&B's
+    settings and session credentials read afresh: W&B reads them once per process."""
+    import wandb
+
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # no settings file of the machine's
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    wandb.teardown()
+    try:
+        return wandb_mode("auto")
+    finally:
+        wandb.teardown()
+
+
+def test_auto_mode_is_online_with_credentials_offline_without(tmp_path, monkeypatch):
+    """W&B's own lookup decides: the key in the environment, or a netrc entry for the host W&B logs to
+    (WANDB_BASE_URL, else W&B's default); WANDB_MODE as W&B reads it; explicit modes as given."""
+    import wandb
+
     netrc = tmp_path / "netrc"
-    assert wandb_mode("auto", {}, None)[0] == "offline"
-    assert "no credentials" in wandb_mode("auto", {}, None)[1]
-    assert wandb_mode("auto", {"WANDB_API_KEY": SECRET}, None) == ("online", None)
-    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {SECRET}\n")
-    assert wandb_mode("auto", {}, netrc) == ("online", None)
-    assert wandb_mode("auto", {"WANDB_BASE_URL": "https://wandb.example.org"}, netrc)[0] == "offline"
+    mode, hint = auto_mode(monkeypatch, tmp_path)
+    assert mode == "offline" and "no credentials" in hint and "wandb login" in hint
+    assert auto_mode(monkeypatch, tmp_path, WANDB_API_KEY=SECRET) == ("online", None)
+    default_host = urlparse(wandb.Settings().base_url).hostname
+    netrc.write_text(f"machine {default_host}\n  login user\n  password {SECRET}\n")
+    assert auto_mode(monkeypatch, tmp_path) == ("online", None)
+    assert auto_mode(monkeypatch, tmp_path, WANDB_BASE_URL="https://wandb.example.org")[0] == "offline"
     netrc.write_text(f"machine github.com login me password {SECRET}\n")
-    assert wandb_mode("auto", {}, netrc)[0] == "offline"
-    assert wandb_mode("auto", {"WANDB_MODE": "disabled", "WANDB_API_KEY": SECRET}, None)[0] == "disabled"
-    assert wandb_mode("offline", {"WANDB_API_KEY": SECRET}, None)[0] == "offline"
-    assert wandb_mode("disabled", {"WANDB_API_KEY": SECRET}, None) == ("disabled", None)
+    assert auto_mode(monkeypatch, tmp_path)[0] == "offline"
+    assert auto_mode(monkeypatch, tmp_path, WANDB_MODE="disabled", WANDB_API_KEY=SECRET) == ("disabled", None)
+    assert auto_mode(monkeypatch, tmp_path, WANDB_MODE="dryrun", WANDB_API_KEY=SECRET)[0] == "offline"
+    assert wandb_mode("offline")[0] == "offline"
+    assert wandb_mode("disabled") == ("disabled", None)
+    assert files_containing(tmp_path, SECRET) == [netrc]  # W&B stored the key nowhere else
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -121,6 +147,7 @@ RESULTS = {
         "lm_eval_version": "0.4.13",
         "domains": {"forget": ["demo_forget"], "retain": ["demo_retain"]},
         "tasks": {"demo_forget": {"acc": 0.25, "n": 40}, "demo_retain": {"acc": 0.75, "n": 40}},
+        "forget_acc": 0.3, "retain_acc": 0.7,  # as evaluate() stored them (not the tasks' mean: read, not recomputed)
         "robustness": {"clean": 0.75, "perturbed": 0.5, "drop": 0.25, "keywords": {}, "tasks": {}},
         "probes": {"layer": 5, "forget": {"mean_norm": 40.0, "cosine": {"bio": 0.9}, "confidence": 0.1}},
     },
@@ -148,7 +175,7 @@ def test_offline_run_holds_config_steps_results_group_and_no_key(tmp_path, monke
     assert all(row["train/adaptive_coeff"] == 42.0 and "train/step_time_s" in row for row in history)
     assert history[0]["train/bio/forget_loss"] == 2.0
     assert summary["eval/after/tasks/demo_forget/acc"] == 0.25
-    assert summary["eval/after/forget_acc"] == 0.25 and summary["eval/after/retain_acc"] == 0.75
+    assert summary["eval/after/forget_acc"] == 0.3 and summary["eval/after/retain_acc"] == 0.7
     assert summary["eval/after/robustness/drop"] == 0.25
     assert summary["eval/after/probes/forget/mean_norm"] == 40.0
     assert summary["training/topics/bio/adaptive_norm"] == 8.4

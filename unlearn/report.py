@@ -2,8 +2,9 @@
 
 Writes into the sweep directory (or `--output-dir`):
 
-    report.csv                 one row per run: status, settings, accuracies, robustness, probes, losses
-    report.md                  the same, fewer columns (also printed)
+    report.csv                 one row per run: status, settings, accuracies, robustness, probes, losses, and the
+                               git sha and package versions its manifest.json recorded
+    report.md                  the same, fewer columns, and the code and package versions (also printed)
     heatmap_<method>.png       layer x coefficient: forget and retain accuracy after unlearning (final
                                forget/retain losses when the runs have no evaluation); not for one cell
     pareto.png                 forget vs retain accuracy of every run, the Pareto front marked
@@ -13,7 +14,9 @@ Writes into the sweep directory (or `--output-dir`):
 Coefficient = `method.steering_coeff` (RMU, RNA over RMU), `method.beta` (Adaptive RMU, RNA over it) or
 `method.alpha` (NPO, SimNPO, RNA over them: their forget term has no target scale, so the retain weight is the
 knob). Runs are grouped by variant: the method with its base and retain term, e.g. `npo+kl`, `rna/simnpo+mse`.
-Forget (retain) accuracy = the unweighted mean `acc` of the run's `eval.forget_tasks` (`eval.retain_tasks`).
+Forget (retain) accuracy = the `forget_acc` (`retain_acc`) the run stored with each evaluation in results.json,
+the unweighted mean `acc` of its forget (retain) tasks; for a run written before they were stored, the same mean
+(unlearn.accuracy).
 Attack columns (`<attack>_forget_acc`, `<attack>_retain_acc`, `<attack>_recovered`) are read from results.json's
 `attacks`, where the run computed them.
 Runs that failed, were interrupted or are still running are listed with their status and the losses they got
@@ -23,21 +26,19 @@ to; only completed runs enter the plots. Safe to run on a sweep that is still go
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import math
-import os
 import statistics
 import sys
-import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import OmegaConf
 
 from unlearn import rundir
+from unlearn.accuracy import domain_accuracies
 
 EXIT_BAD_INPUT = 2
 LOSSES = ("loss", "forget_loss", "retain_loss")
@@ -46,13 +47,6 @@ ATTACKS = ("relearn", "ablate", "fewshot")  # unlearn.evaluation.spec.ATTACKS (i
 
 # ---------------------------------------------------------------------------------------------------------
 # Reading a run
-
-
-def domain_accuracy(evaluation: dict | None, tasks: list[str]) -> float | None:
-    """Unweighted mean `acc` over those of `tasks` that the evaluation holds; None when it holds none."""
-    found = [((evaluation or {}).get("tasks") or {}).get(task, {}).get("acc") for task in tasks]
-    found = [value for value in found if isinstance(value, (int, float))]
-    return sum(found) / len(found) if found else None
 
 
 PO_METHODS = ("npo", "simnpo")
@@ -108,22 +102,27 @@ def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         "lr": config.get("lr"),
         "seed": config.get("seed"),
     }
-    row.update(_evaluation_columns(config, results))
+    row.update(_evaluation_columns(results))
     row.update(_attack_columns(results))
     row.update(_training_columns(run_dir, results))
     row.update({"started": manifest.get("started"), "ended": manifest.get("ended"), "error": manifest.get("error")})
+    row.update(_version_columns(manifest.get("versions") or {}))
     return row
 
 
-def _evaluation_columns(config: dict, results: dict) -> dict[str, Any]:
-    eval_config = config.get("eval") or {}
+def _version_columns(versions: dict[str, str]) -> dict[str, Any]:
+    """The code and packages the run ran with, as its manifest recorded them."""
+    packages = {name: version for name, version in versions.items() if name != "unlearn_git_sha"}
+    return {"git_sha": versions.get("unlearn_git_sha"),
+            "versions": " ".join(f"{name}={version}" for name, version in packages.items()) or None}
+
+
+def _evaluation_columns(results: dict) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for section in ("before", "after"):
         evaluation = results.get(section) or {}
-        domains = evaluation.get("domains") or {}
         for domain in ("forget", "retain"):
-            tasks = eval_config.get(f"{domain}_tasks") or domains.get(domain) or []
-            columns[f"{domain}_acc_{section}"] = domain_accuracy(evaluation, list(tasks))
+            columns[f"{domain}_acc_{section}"] = stored_accuracies(evaluation)[f"{domain}_acc"]
         robustness = evaluation.get("robustness") or {}
         for what in ("clean", "perturbed", "drop"):
             columns[f"robust_{what}_{section}"] = robustness.get(what)
@@ -137,6 +136,14 @@ def _evaluation_columns(config: dict, results: dict) -> dict[str, Any]:
         for task, metrics in (evaluation.get("tasks") or {}).items():
             columns[f"acc_{section}/{task}"] = metrics.get("acc")
     return columns
+
+
+def stored_accuracies(evaluation: dict) -> dict[str, float | None]:
+    """The evaluation's stored forget_acc and retain_acc; for a run written before they were stored, the same
+    definition (unlearn.accuracy) applied to its tasks."""
+    if not evaluation or "forget_acc" in evaluation:
+        return {key: (evaluation or {}).get(key) for key in ("forget_acc", "retain_acc")}
+    return domain_accuracies(evaluation)
 
 
 def _attack_columns(results: dict) -> dict[str, Any]:
@@ -200,16 +207,30 @@ def _text(value: Any) -> Any:
     return value
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+def collect(sweep_dir: Path) -> pd.DataFrame:
+    """One row per run, in a stable order. Object columns: a cell keeps the int, str or None its run files held
+    (no 3 -> 3.0 where another run lacks the value); a column only some runs have (per-task) is None elsewhere."""
     from unlearn.sweep import find_run_dirs
 
-    rows = [run_row(run_dir, sweep_dir) for run_dir in find_run_dirs(sweep_dir)]
-    return sorted(rows, key=lambda r: (r["variant"] is None, str(r["variant"]), _order(r["layer"]), _order(r["coeff"]),
-                                       _order(r["nu"]), r["run"]))
+    rows = sorted((run_row(run_dir, sweep_dir) for run_dir in find_run_dirs(sweep_dir)),
+                  key=lambda r: (r["variant"] is None, str(r["variant"]), _order(r["layer"]), _order(r["coeff"]),
+                                 _order(r["nu"]), r["run"]))
+    frame = pd.DataFrame(rows, dtype=object)
+    frame = frame.astype(object).where(frame.notna(), None)
+    per_task = sorted(column for column in frame.columns if column.startswith("acc_"))
+    return frame[[column for column in frame.columns if not column.startswith("acc_")] + per_task]
 
 
 def _order(value: Any) -> tuple:
     return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
+
+
+def _completed(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["status"] == "completed"]
+
+
+def _numbers(column: pd.Series) -> pd.Series:
+    return pd.to_numeric(column, errors="coerce")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,39 +247,34 @@ MARKDOWN_COLUMNS = [  # (header, key, format)
 ]
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    fixed = [key for key in rows[0] if not key.startswith("acc_")]
-    per_task = sorted({key for row in rows for key in row if key.startswith("acc_")})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fixed + per_task, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: ("" if value is None else value) for key, value in row.items()})
-    rundir.write_text_atomic(path, buffer.getvalue())
-
-
-def markdown(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
-    """A Markdown table; run names show only the overrides that differ between runs."""
-    labels, common = short_labels([row["run"] for row in rows])
-    counts = defaultdict(int)
-    for row in rows:
-        counts[row["status"]] += 1
-    lines = [f"# Sweep {sweep_dir}", "",
-             f"{len(rows)} runs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))]
+def markdown(frame: pd.DataFrame, sweep_dir: Path) -> str:
+    """A Markdown table; run names show only the overrides that differ between runs. Then the code and package
+    versions the runs recorded."""
+    labels, common = short_labels(list(frame["run"]))
+    counts = frame["status"].value_counts().sort_index()
+    lines = [f"# Sweep {sweep_dir}", "", f"{len(frame)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items())]
     if common:
         lines.append(f"Common to every run: `{common}`")
-    columns = [c for c in MARKDOWN_COLUMNS if any(_present(row, c[1]) for row in rows) or c[1] in ("label", "status")]
-    lines += ["", "| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
-    for row, label in zip(rows, labels):
-        cells = [_cell({**row, "label": label}, key, fmt) for _, key, fmt in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    if any(_present(row, "forget_acc") for row in rows):
+    records = frame.assign(label=labels).to_dict("records")
+    table = pd.DataFrame({header: [_cell(row, key, fmt) for row in records] for header, key, fmt in MARKDOWN_COLUMNS})
+    table = table[[header for header in table.columns if header in ("run", "status") or table[header].ne("").any()]]
+    lines += ["", table.to_markdown(index=False, disable_numparse=True)]  # cells are formatted strings already
+    if "forget acc %" in table.columns:
         lines += ["", "Accuracies in percent, before -> after unlearning; robustness drop = clean minus "
                       "keyword-perturbed retain accuracy (RNA paper)."]
-    if any(_present(row, name) for row in rows for name in ATTACKS):
+    if any(f"{name}: forget % (recovered)" in table.columns for name in ATTACKS):
         lines += ["Attacks: forget accuracy after the attack, and in brackets the recovered fraction of the forget "
                   "gap, (attacked - after) / (before - after)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _versions(frame)) + "\n"
+
+
+def _versions(frame: pd.DataFrame) -> list[str]:
+    """What the runs ran: each distinct git sha and package set their manifests recorded."""
+    shas, packages = (sorted(frame[column].dropna().unique()) for column in ("git_sha", "versions"))
+    if not shas and not packages:
+        return []
+    return ["", "Code: unlearn " + (", ".join(f"`{sha}`" for sha in shas) or "unknown"),
+            *(f"Packages: `{versions}`" for versions in packages)]
 
 
 def short_labels(names: list[str]) -> tuple[list[str], str]:
@@ -267,14 +283,6 @@ def short_labels(names: list[str]) -> tuple[list[str], str]:
     shared = set.intersection(*(set(i) for i in items)) if len(items) > 1 else set()
     labels = [",".join(i for i in parts if i not in shared) or name for parts, name in zip(items, names)]
     return labels, ",".join(i for i in items[0] if i in shared) if items else ""
-
-
-def _present(row: dict, key: str) -> bool:
-    if key in ("forget_acc", "retain_acc", "robust_drop"):
-        return row.get(f"{key}_after") is not None or row.get(f"{key}_before") is not None
-    if key in ATTACKS:
-        return row.get(f"{key}_forget_acc") is not None
-    return row.get(key) not in (None, "")
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
@@ -314,68 +322,63 @@ def _pyplot():
 
 
 def _save(figure, path: Path) -> Path:
-    """Write the PNG next to its final name, then rename: a reader never sees half an image."""
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
+    buffer = io.BytesIO()
     try:
-        figure.savefig(temp, dpi=120, bbox_inches="tight")
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
+        figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     finally:
-        Path(temp).unlink(missing_ok=True)
         _pyplot().close(figure)
+    rundir.write_bytes_atomic(path, buffer.getvalue())  # a reader never sees half an image
     return path
 
 
-def _completed(rows: list[dict]) -> list[dict]:
-    return [row for row in rows if row["status"] == "completed"]
-
-
-def plot_heatmaps(rows: list[dict], out_dir: Path) -> list[Path]:
+def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Per method: layer x coefficient heatmaps of forget and retain accuracy after unlearning (of the final
     forget and retain losses when its runs were not evaluated). Cells average runs that share them (e.g.
     different nu); a cell with only unfinished runs says so. A method swept at one layer and one coefficient
     gets none: one cell shows nothing that the table doesn't."""
+    placed = frame[frame["variant"].notna() & frame["layer"].notna()]
     written = []
-    for method in sorted({str(row["variant"]) for row in rows if row["variant"]}):
-        mine = [row for row in rows if str(row["variant"]) == method and row["layer"] is not None]
+    for method, mine in placed.groupby(placed["variant"].astype(str)):
         done = _completed(mine)
-        if not done or len({(row["layer"], row["coeff"]) for row in mine}) < 2:
+        if done.empty or len(mine[["layer", "coeff"]].drop_duplicates()) < 2:
             continue
-        evaluated = any(row["forget_acc_after"] is not None for row in done)
         panels = ([("forget_acc_after", "forget accuracy after (%)", 100.0),
-                   ("retain_acc_after", "retain accuracy after (%)", 100.0)] if evaluated else
-                  [("final_forget_loss", "final forget loss", 1.0), ("final_retain_loss", "final retain loss", 1.0)])
+                   ("retain_acc_after", "retain accuracy after (%)", 100.0)] if done["forget_acc_after"].notna().any()
+                  else [("final_forget_loss", "final forget loss", 1.0), ("final_retain_loss", "final retain loss", 1.0)])
         written.append(_heatmap_figure(method, mine, panels, out_dir / f"heatmap_{method.replace('/', '_over_')}.png"))
     return written
 
 
-def _heatmap_figure(method: str, rows: list[dict], panels, path: Path) -> Path:
+def _cell_grid(rows: pd.DataFrame, key: str, scale: float, layers: list, coeffs: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(mean, count) of `key` over the completed runs of each layer x coefficient cell."""
+    values = _completed(rows).assign(value=lambda f: scale * _numbers(f[key])).dropna(subset=["value"])
+    if values.empty:
+        empty = pd.DataFrame(math.nan, index=layers, columns=coeffs)
+        return empty, empty.fillna(0)
+    grid = values.pivot_table(index="layer", columns="coeff", values="value", aggfunc=["mean", "count"], sort=False)
+    return (grid["mean"].reindex(index=layers, columns=coeffs),
+            grid["count"].reindex(index=layers, columns=coeffs).fillna(0))
+
+
+def _heatmap_figure(method: str, rows: pd.DataFrame, panels, path: Path) -> Path:
     plt = _pyplot()
-    layers = sorted({row["layer"] for row in rows}, key=_order)
-    coeffs = sorted({row["coeff"] for row in rows}, key=_order)
-    coeff_key = next((row["coeff_key"] for row in rows if row["coeff_key"]), "coefficient")
+    layers = sorted(rows["layer"].unique(), key=_order)
+    coeffs = sorted(rows["coeff"].unique(), key=_order)
+    coeff_key = next(iter(rows["coeff_key"].dropna()), "coefficient")
+    statuses = rows.groupby(["layer", "coeff"], sort=False)["status"].agg(lambda s: "/".join(sorted(set(s))))
     figure, axes = plt.subplots(1, len(panels), figsize=(1.2 + 1.1 * len(coeffs) * len(panels) + 2 * len(panels),
                                                          1.6 + 0.5 * len(layers)), squeeze=False, layout="constrained")
     figure.suptitle(method)
     for axis, (key, title, scale) in zip(axes[0], panels):
-        grid = [[math.nan] * len(coeffs) for _ in layers]
-        notes = [[""] * len(coeffs) for _ in layers]
+        means, counts = _cell_grid(rows, key, scale, layers, coeffs)
+        image = axis.imshow(means.to_numpy(dtype=float), cmap="viridis", aspect="auto", origin="lower")
+        figure.colorbar(image, ax=axis)
         for i, layer in enumerate(layers):
             for j, coeff in enumerate(coeffs):
-                cell = [row for row in rows if row["layer"] == layer and row["coeff"] == coeff]
-                values = [row[key] for row in cell if row["status"] == "completed" and row.get(key) is not None]
-                if values:
-                    grid[i][j] = scale * statistics.fmean(values)
-                    notes[i][j] = f"{grid[i][j]:.3g}" + (f"\n(n={len(values)})" if len(values) > 1 else "")
-                elif cell:
-                    notes[i][j] = "/".join(sorted({row["status"] for row in cell}))
-        image = axis.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
-        figure.colorbar(image, ax=axis)
-        for i in range(len(layers)):
-            for j in range(len(coeffs)):
-                dark = not math.isnan(grid[i][j]) and image.norm(grid[i][j]) < 0.6  # viridis is dark at the low end
-                axis.text(j, i, notes[i][j], ha="center", va="center", fontsize=7, color="white" if dark else "black")
+                value, n = means.iloc[i, j], int(counts.iloc[i, j])
+                note = (f"{value:.3g}" + (f"\n(n={n})" if n > 1 else "")) if n else statuses.get((layer, coeff), "")
+                dark = n > 0 and image.norm(value) < 0.6  # viridis is dark at the low end
+                axis.text(j, i, note, ha="center", va="center", fontsize=7, color="white" if dark else "black")
         axis.set_xticks(range(len(coeffs)), [str(c) for c in coeffs])
         axis.set_yticks(range(len(layers)), [str(layer) for layer in layers])
         axis.set_xlabel(f"method.{coeff_key}")
@@ -395,26 +398,26 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_pareto(rows: list[dict], out_dir: Path) -> Path | None:
-    done = [row for row in _completed(rows) if row["forget_acc_after"] is not None and row["retain_acc_after"] is not None]
-    if not done:
+def plot_pareto(frame: pd.DataFrame, out_dir: Path) -> Path | None:
+    done = _completed(frame).dropna(subset=["forget_acc_after", "retain_acc_after"]).reset_index(drop=True)
+    if done.empty:
         return None
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 5))
-    points = [(100 * row["forget_acc_after"], 100 * row["retain_acc_after"]) for row in done]
-    for method in sorted({str(row["variant"]) for row in done}):
-        mine = [p for p, row in zip(points, done) if str(row["variant"]) == method]
-        axis.scatter([p[0] for p in mine], [p[1] for p in mine], label=method, alpha=0.8)
+    forget, retain = 100 * _numbers(done["forget_acc_after"]), 100 * _numbers(done["retain_acc_after"])
+    points = list(zip(forget, retain))
+    for method, mine in done.groupby(done["variant"].astype(str)):
+        axis.scatter(forget[mine.index], retain[mine.index], label=method, alpha=0.8)
     front = sorted(pareto_front(points), key=lambda i: points[i])
     axis.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
     axis.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=120, facecolors="none",
                  edgecolors="black")
     for i in front:
-        axis.annotate(_setting(done[i]), points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
-    bases = [(100 * r["forget_acc_before"], 100 * r["retain_acc_before"]) for r in done
-             if r["forget_acc_before"] is not None and r["retain_acc_before"] is not None]
-    if bases:
-        axis.scatter([bases[0][0]], [bases[0][1]], marker="*", s=200, color="red", label="before unlearning")
+        axis.annotate(_setting(done.iloc[i]), points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
+    base = done.dropna(subset=["forget_acc_before", "retain_acc_before"])
+    if not base.empty:
+        axis.scatter([100 * base["forget_acc_before"].iloc[0]], [100 * base["retain_acc_before"].iloc[0]], marker="*",
+                     s=200, color="red", label="before unlearning")
     axis.set_xlabel("forget accuracy after (%)  (lower is better)")
     axis.set_ylabel("retain accuracy after (%)  (higher is better)")
     axis.set_title(f"forget vs retain: {len(done)} completed runs, {len(front)} on the Pareto front")
@@ -423,7 +426,7 @@ def plot_pareto(rows: list[dict], out_dir: Path) -> Path | None:
     return _save(figure, out_dir / "pareto.png")
 
 
-def _setting(row: dict) -> str:
+def _setting(row: pd.Series) -> str:
     """A run's swept settings in a few characters, e.g. `rmu L7 steering_coeff=6.5`."""
     text = f"{row['variant']} L{row['layer']} {row['coeff_key']}={row['coeff']}"
     return text + (f" nu={row['nu']}" if row["nu"] is not None else "")
@@ -432,44 +435,42 @@ def _setting(row: dict) -> str:
 RNA_LINE_EXTRAS = ("alpha", "lr", "steps")  # the RNA plot's lines: one per variant, layer, coefficient and these
 
 
-def plot_rna(rows: list[dict], out_dir: Path) -> Path | None:
+def plot_rna(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     """RNA: robustness drop after unlearning against nu, one line per variant (base and retain term), layer,
     coefficient and RNA_LINE_EXTRAS setting; the base model's drop and each plain base method's (runs of this
     sweep without RNA) as reference lines."""
-    rna = [row for row in _completed(rows)
-           if row["method"] == "rna" and row["nu"] is not None and row["robust_drop_after"] is not None]
-    if not rna:
+    done = _completed(frame).assign(drop=lambda f: 100 * _numbers(f["robust_drop_after"]))
+    rna = done[(done["method"] == "rna") & done["nu"].notna() & done["drop"].notna()]
+    if rna.empty:
         return None
+    rna = rna.assign(nu=_numbers(rna["nu"]))
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    groups = defaultdict(list)
-    for row in rna:
-        groups[(row["variant"], row["layer"], row["coeff"], *(row[key] for key in RNA_LINE_EXTRAS))].append(row)
+    line_keys = ["variant", "layer", "coeff", *RNA_LINE_EXTRAS]
     # Name a line by the settings that tell it apart from the others: plus alpha, lr or steps where swept.
-    varying = [key for key in RNA_LINE_EXTRAS if len({row[key] for row in rna}) > 1]
-    for (label_variant, layer, coeff, *_), mine in sorted(groups.items(), key=lambda kv: tuple(map(_order, kv[0]))):
-        by_nu = defaultdict(list)
-        for row in mine:
-            by_nu[row["nu"]].append(100 * row["robust_drop_after"])
-        nus = sorted(by_nu)
-        label = f"RNA over {label_variant.removeprefix('rna/')}, layer {layer}, {mine[0]['coeff_key']}={coeff}"
-        label += "".join(f", {key}={mine[0][key]}" for key in varying)
-        axis.plot(nus, [statistics.fmean(by_nu[nu]) for nu in nus], "o-", label=label)
+    varying = [key for key in RNA_LINE_EXTRAS if rna[key].nunique(dropna=False) > 1]
+    lines = rna.groupby(line_keys, dropna=False, sort=False)
+    for _, mine in sorted(lines, key=lambda group: tuple(map(_order, group[1].iloc[0][line_keys]))):
+        by_nu = mine.groupby("nu")["drop"].mean()
+        first = mine.iloc[0]
+        label = f"RNA over {first['variant'].removeprefix('rna/')}, layer {first['layer']}, {first['coeff_key']}={first['coeff']}"
+        label += "".join(f", {key}={first[key]}" for key in varying)
+        axis.plot(by_nu.index, by_nu.to_numpy(), "o-", label=label)
     styles = iter(("--", "-.", (0, (5, 1)), (0, (1, 1))))
-    for base in sorted({str(row["variant"]).removeprefix("rna/") for row in rna}):
-        plain = [100 * row["robust_drop_after"] for row in _completed(rows)
-                 if row["variant"] == base and row["robust_drop_after"] is not None]
-        if plain:
-            axis.axhline(statistics.fmean(plain), color="gray", ls=next(styles, "--"),
-                         label=f"{base} without RNA (mean of {len(plain)} runs)")
-    before = [100 * row["robust_drop_before"] for row in rna if row["robust_drop_before"] is not None]
-    if before:
-        axis.axhline(before[0], color="red", ls=":", label="before unlearning")
-    positive = [row["nu"] for row in rna if row["nu"] > 0]
-    if positive and max(positive) / min(positive) > 20:
-        axis.set_xscale("symlog", linthresh=min(positive))  # nu spans decades (0 = plain RMU included)
+    plain = done[done["method"] != "rna"].dropna(subset=["drop"]).groupby(done["variant"].astype(str))["drop"]
+    for base in sorted({str(v).removeprefix("rna/") for v in rna["variant"]}):
+        if base in plain.groups:
+            drops = plain.get_group(base)
+            axis.axhline(drops.mean(), color="gray", ls=next(styles, "--"),
+                         label=f"{base} without RNA (mean of {len(drops)} runs)")
+    before = rna["robust_drop_before"].dropna()
+    if not before.empty:
+        axis.axhline(100 * before.iloc[0], color="red", ls=":", label="before unlearning")
+    positive = rna["nu"][rna["nu"] > 0]
+    if not positive.empty and positive.max() / positive.min() > 20:
+        axis.set_xscale("symlog", linthresh=positive.min())  # nu spans decades (0 = plain RMU included)
         # margins on a log scale; the left one stops short of symlog's (meaningless) negative ticks
-        axis.set_xlim(-min(positive) / 2, max(positive) * 1.5)
+        axis.set_xlim(-positive.min() / 2, positive.max() * 1.5)
     axis.set_xlabel("nu (RNA noise scale)")
     axis.set_ylabel("robustness drop (points)  (lower is better)")
     axis.set_title("retain accuracy lost when a forget keyword is inserted")
@@ -478,28 +479,30 @@ def plot_rna(rows: list[dict], out_dir: Path) -> Path | None:
     return _save(figure, out_dir / "rna_robustness.png")
 
 
-def plot_attacks(rows: list[dict], out_dir: Path) -> Path | None:
+def plot_attacks(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     """Per method, one bar per attack: the mean recovered fraction of the forget gap over its completed runs,
     each run a dot on its bar. 0 = nothing came back, 1 = the base model's forget accuracy is back."""
-    done = _completed(rows)
-    attacks = [name for name in ATTACKS if any(row.get(f"{name}_recovered") is not None for row in done)]
+    done = _completed(frame)
+    attacks = [name for name in ATTACKS if done[f"{name}_recovered"].notna().any()]
     if not attacks:
         return None
-    import pandas as pd
-
-    frame = pd.DataFrame([{"method": str(row["method"]), "attack": name, "recovered": row[f"{name}_recovered"]}
-                          for row in done for name in attacks if row.get(f"{name}_recovered") is not None])
-    methods = sorted(frame["method"].unique())
-    means = frame.groupby(["method", "attack"])["recovered"].mean()
+    recovered = (done.assign(method=done["method"].astype(str))
+                 .melt(id_vars="method", value_vars=[f"{name}_recovered" for name in attacks], var_name="attack",
+                       value_name="recovered")
+                 .dropna(subset=["recovered"])
+                 .assign(attack=lambda f: f["attack"].str.removesuffix("_recovered"),
+                         recovered=lambda f: _numbers(f["recovered"])))
+    methods = sorted(recovered["method"].unique())
+    means = recovered.groupby(["method", "attack"])["recovered"].mean()
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(1.5 + 1.2 * len(methods) * len(attacks) / 2, 4.5))
     width = 0.8 / len(attacks)
     for j, name in enumerate(attacks):
         positions = [i + (j - (len(attacks) - 1) / 2) * width for i in range(len(methods))]
-        heights = [means.get((method, name), math.nan) for method in methods]
-        axis.bar(positions, heights, width=width, label=name, alpha=0.8)
+        axis.bar(positions, [means.get((method, name), math.nan) for method in methods], width=width, label=name,
+                 alpha=0.8)
         for position, method in zip(positions, methods):
-            values = frame[(frame["method"] == method) & (frame["attack"] == name)]["recovered"]
+            values = recovered[(recovered["method"] == method) & (recovered["attack"] == name)]["recovered"]
             axis.scatter([position] * len(values), values, color="black", s=10, zorder=3)
     axis.axhline(0, color="gray", lw=0.8)
     axis.axhline(1, color="red", ls=":", lw=1, label="all of the forget gap")
@@ -518,18 +521,18 @@ def plot_attacks(rows: list[dict], out_dir: Path) -> Path | None:
 def report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[str, list[Path]]:
     """Write the table and plots; returns the Markdown and the files written. Raises ValueError on no runs."""
     out_dir = Path(out_dir or sweep_dir)
-    rows = collect(sweep_dir)
-    if not rows:
+    frame = collect(sweep_dir)
+    if frame.empty:
         raise ValueError(f"no runs in {sweep_dir}: expected run directories with a manifest.json, as "
                          "`python -m unlearn --multirun ...` writes them")
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(rows, sweep_dir)
-    write_csv(rows, out_dir / "report.csv")
+    text = markdown(frame, sweep_dir)
+    rundir.write_text_atomic(out_dir / "report.csv", frame.to_csv(index=False, lineterminator="\n"))
     rundir.write_text_atomic(out_dir / "report.md", text)
     written = [out_dir / "report.csv", out_dir / "report.md"]
-    written += plot_heatmaps(rows, out_dir)
-    written += [path for path in (plot_pareto(rows, out_dir), plot_rna(rows, out_dir),
-                                  plot_attacks(rows, out_dir)) if path]
+    written += plot_heatmaps(frame, out_dir)
+    written += [path for path in (plot_pareto(frame, out_dir), plot_rna(frame, out_dir),
+                                  plot_attacks(frame, out_dir)) if path]
     return text, written
 
 

@@ -2,26 +2,23 @@
 
 `logger=wandb` logs the resolved config, every step's losses and step time (and the adaptive coefficient), and
 results.json flattened into `eval/...` (the attacks' under `eval/attacks/...`) and `training/...` summary keys. The W&B files go inside the run
-directory (`<run dir>/wandb/`). Without credentials the run is logged offline and `wandb sync` uploads it later.
+directory (`<run dir>/wandb/`). `logger.mode=auto` leaves the choice to W&B's own settings and credential lookup:
+online when W&B finds credentials, else offline, and `wandb sync` uploads the run later.
 A multirun is one W&B group. The API key stays where W&B keeps it (WANDB_API_KEY or ~/.netrc): it never enters
 the config, the manifest or the logged config.
 """
 
 from __future__ import annotations
 
-import netrc
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
 from unlearn.errors import UnlearnError
 
 MODES = ("auto", "online", "offline", "disabled")
-DEFAULT_HOST = "api.wandb.ai"
 
 
 class NullTracker:
@@ -71,7 +68,7 @@ def start_tracker(cfg: DictConfig, run_dir: Path, multirun: bool):
     check_logger(cfg)
     if cfg.logger.name == "none":
         return NullTracker()
-    mode, hint = wandb_mode(cfg.logger.mode, os.environ, netrc_path(os.environ))
+    mode, hint = wandb_mode(cfg.logger.mode)
     if mode == "disabled":
         return NullTracker()
     run_dir = Path(run_dir)
@@ -127,44 +124,29 @@ def start_wandb(*, project: str, entity: str | None, group: str | None, name: st
     return WandbTracker(run)
 
 
-def wandb_mode(requested: str, environ: Mapping[str, str], netrc_file: Path | None) -> tuple[str, str | None]:
+def wandb_mode(requested: str) -> tuple[str, str | None]:
     """The W&B mode to use and, when it is offline, why.
 
-    `auto`: WANDB_MODE when set; otherwise online with credentials (WANDB_API_KEY, or a netrc entry for the
-    W&B host, which `wandb login` writes), offline without."""
+    `online`, `offline` and `disabled` are W&B's own modes, used as they are. `auto` asks W&B: its `mode` setting
+    (WANDB_MODE, or W&B's settings files) when that says offline or disabled; otherwise online when W&B finds
+    credentials for its host (WANDB_API_KEY, the netrc entry `wandb login` writes, W&B's settings), offline
+    without. Finding them prompts for nothing and contacts no server."""
     if requested != "auto":
         return requested, "W&B logging offline (logger.mode=offline)" if requested == "offline" else None
-    from_env = environ.get("WANDB_MODE", "").strip().lower()
-    if from_env in ("online", "offline", "disabled", "dryrun"):
-        mode = "offline" if from_env == "dryrun" else from_env
-        return mode, "W&B logging offline (WANDB_MODE)" if mode == "offline" else None
-    if has_credentials(environ, netrc_file):
-        return "online", None
-    return "offline", (f"W&B: no credentials (WANDB_API_KEY, or `wandb login` for a netrc entry for "
-                       f"{_host(environ)}), logging offline")
+    import wandb
 
-
-def has_credentials(environ: Mapping[str, str], netrc_file: Path | None) -> bool:
-    if environ.get("WANDB_API_KEY", "").strip():
-        return True
-    if netrc_file is None or not netrc_file.is_file():
-        return False
     try:
-        return netrc.netrc(str(netrc_file)).authenticators(_host(environ)) is not None
-    except (netrc.NetrcParseError, OSError):
-        return False
-
-
-def netrc_path(environ: Mapping[str, str]) -> Path | None:
-    if environ.get("NETRC"):
-        return Path(environ["NETRC"])
-    home = Path.home()
-    return next((home / name for name in (".netrc", "_netrc") if (home / name).is_file()), None)
-
-
-def _host(environ: Mapping[str, str]) -> str:
-    base_url = environ.get("WANDB_BASE_URL", "")
-    return urlparse(base_url).hostname or DEFAULT_HOST
+        settings = wandb.setup(wandb.Settings(silent=True)).settings  # silent: no login banner, no username query
+        if settings.mode == "disabled":
+            return "disabled", None
+        if settings.mode in ("offline", "dryrun"):
+            return "offline", f"W&B logging offline (W&B's mode setting, e.g. WANDB_MODE={settings.mode})"
+        if wandb.login(verify=False, prompt=False):
+            return "online", None
+    except Exception as exc:  # unreadable W&B settings or credentials: tracking never fails the run
+        return "offline", f"W&B could not read its settings ({type(exc).__name__}: {exc}), logging offline"
+    return "offline", (f"W&B: no credentials for {settings.base_url} (set WANDB_API_KEY or run `wandb login`), "
+                       "logging offline")
 
 
 def _sweep_dir(run_dir: Path) -> Path:
@@ -207,23 +189,13 @@ def step_metrics(record: dict) -> dict[str, float]:
 
 
 def flatten_results(results: dict) -> dict[str, Any]:
-    """results.json as flat summary keys: `eval/before/...`, `eval/after/...` (tasks, robustness, probes), with
-    `eval/<section>/forget_acc` and `retain_acc` (mean accuracy over the forget and retain tasks) on top,
-    `eval/attacks/<attack>/...` (forget_acc, retain_acc, recovered_fraction, per-task metrics) and `training/...`."""
-    from unlearn.report import domain_accuracy
-
+    """results.json as flat summary keys: `eval/before/...`, `eval/after/...` (tasks, robustness, probes and the
+    stored `forget_acc` and `retain_acc`), `eval/attacks/<attack>/...` (forget_acc, retain_acc,
+    recovered_fraction, per-task metrics) and `training/...`."""
     flat: dict[str, Any] = {}
     for section in ("before", "after"):
-        evaluation = results.get(section)
-        if not evaluation:
-            continue
-        _flatten(evaluation, f"eval/{section}", flat)
-        domains = evaluation.get("domains") or {}
-        for domain in ("forget", "retain"):
-            accuracy = domain_accuracy(evaluation, domains.get(domain) or [])
-            if accuracy is not None:
-                flat[f"eval/{section}/{domain}_acc"] = accuracy
-    _flatten(results.get("attacks"), "eval/attacks", flat)  # eval/attacks/<name>/recovered_fraction, forget_acc, ...
+        _flatten(results.get(section), f"eval/{section}", flat)
+    _flatten(results.get("attacks"), "eval/attacks", flat)
     _flatten(results.get("training"), "training", flat)
     return flat
 

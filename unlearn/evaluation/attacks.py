@@ -150,11 +150,8 @@ def run_attacks(
     """`{attack: entry}` in the order of `spec.attacks`; each entry holds the per-task metrics after the attack,
     forget_acc / retain_acc, the before/after forget accuracies it is measured against, recovered_fraction, the
     attack's own details and its wall time. The model comes back as it went in (weights, hooks, mode)."""
-    from unlearn.report import domain_accuracy
-
-    reference = {f"{domain}_acc_{section}": domain_accuracy(evaluation, list(tasks))
-                 for section, evaluation in (("before", before), ("after", after))
-                 for domain, tasks in (("forget", spec.forget_tasks), ("retain", spec.retain_tasks))}
+    reference = {f"{domain}_acc_{section}": (evaluation or {}).get(f"{domain}_acc")  # as evaluate() stored them
+                 for section, evaluation in (("before", before), ("after", after)) for domain in ("forget", "retain")}
     results: dict[str, Any] = {}
     for name in spec.attacks:
         start = time.perf_counter()
@@ -167,14 +164,13 @@ def run_attacks(
         else:
             evaluation = evaluate_tasks(model, tokenizer, spec, spec.attack.fewshot.num_fewshot)
             details = {"num_fewshot": spec.attack.fewshot.num_fewshot}
-        forget = domain_accuracy(evaluation, list(spec.forget_tasks))
         results[name] = {
             "tasks": evaluation["tasks"],
-            "forget_acc": forget,
-            "retain_acc": domain_accuracy(evaluation, list(spec.retain_tasks)),
+            "forget_acc": evaluation["forget_acc"],
+            "retain_acc": evaluation["retain_acc"],
             **reference,
             "recovered_fraction": recovered_fraction(reference["forget_acc_before"], reference["forget_acc_after"],
-                                                     forget),
+                                                     evaluation["forget_acc"]),
             **details,
             "seconds": round(time.perf_counter() - start, 1),
         }

@@ -19,6 +19,7 @@ import torch
 from lm_eval.tasks import TaskManager
 from torch import nn
 
+from unlearn.accuracy import domain_accuracies
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import cache, robustness
 from unlearn.evaluation.harness import LM_EVAL_VERSION, check_interfaces, eval_mode, quiet, run_tasks, task_metrics
@@ -112,7 +113,8 @@ def evaluate(
     cache_key: str | dict[str, Any] | None = None,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """A JSON-serialisable dict: lm_eval_version, settings, domains, tasks, robustness, probes, from_cache.
+    """A JSON-serialisable dict: lm_eval_version, settings, domains, tasks, robustness, from_cache, forget_acc and
+    retain_acc (`unlearn.accuracy`), probes.
 
     `keywords` are the forget keywords per topic from the data config (`eval.robustness.keywords` overrides
     them); `probe_texts` maps a text set name ("forget", "retain") to held-out documents, None to skip the
@@ -124,6 +126,7 @@ def evaluate(
         "domains": {"forget": list(spec.forget_tasks), "retain": list(spec.retain_tasks)},
     }
     results.update(_lm_eval_part(model, tokenizer, spec, keywords, cache_key, cache_dir))
+    results.update(domain_accuracies(results))  # stored, so that readers never recompute them
     results["probes"] = _probes(model, tokenizer, spec, probe_texts, unlearn_layer, control_vectors)
     return results
 

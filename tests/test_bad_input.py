@@ -40,7 +40,7 @@ def tiny(tmp_path, corpus_files, *extra):
     ("update_layers=[5,9]", "update_layers contains 9, above layer=7"),
     ("param_pattern=mlp.nothing", "param_pattern 'mlp.nothing' matches no weight in blocks [5, 6, 7]: modules with weights in a block are"),
     ("steps=0", "steps must be a positive integer, got 0"),
-    ("steps=abc", "steps must be a positive integer, got 'abc'"),
+    ("steps=abc", "steps='abc' is not an integer: give an integer"),
     ("batch_size=-4", "batch_size must be a positive integer"),
     ("lr=0", "lr must be a positive number"),
     ("method.steering_coeff=-1", "method.steering_coeff must be a non-negative number, got -1"),
@@ -54,9 +54,9 @@ def tiny(tmp_path, corpus_files, *extra):
     ("method=rna method.base=dpo", "method.base='dpo' is not a method RNA can wrap: choose one of rmu, adaptive_rmu, npo, simnpo"),
     ("method=rna method.base=rna", "method.base=rna: RNA wraps a base method, not itself"),
     ("method=npo method.retain_loss=foo", "method.retain_loss='foo' is not a retain term: choose kl or mse"),
-    ("method=npo method.beta=0", "method.beta must be a positive number for npo, got 0: e.g. 0.1"),
-    ("method=simnpo method.beta=-1", "method.beta must be a positive number for simnpo, got -1"),
-    ("method=adaptive_rmu method.beta=0", "method.beta must be a positive number for adaptive_rmu, got 0: e.g. 5"),
+    ("method=npo method.beta=0", "method.beta must be a positive number for npo, got 0.0: e.g. 0.1"),
+    ("method=simnpo method.beta=-1", "method.beta must be a positive number for simnpo, got -1.0"),
+    ("method=adaptive_rmu method.beta=0", "method.beta must be a positive number for adaptive_rmu, got 0.0: e.g. 5"),
     ("method=npo method.steering_coeff=5", "Could not override 'method.steering_coeff'"),
     ("method=npo +method.steering_coeff=5", "method.steering_coeff is not a setting of npo, which reads method.beta, method.alpha, method.retain_loss"),
     ("method=rna method.base=npo method.steering_coeff=5", "method.steering_coeff is not a setting of rna over npo"),
@@ -77,7 +77,7 @@ def test_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument,
 
 
 @pytest.mark.parametrize("method,argument,expected", [
-    ("adaptive_rmu", "method.beta=-1", "method.beta must be a positive number for adaptive_rmu, got -1"),
+    ("adaptive_rmu", "method.beta=-1", "method.beta must be a positive number for adaptive_rmu, got -1.0"),
     ("rna", "method.nu=-0.1", "method.nu must be a non-negative number"),
     ("rna", "method.base=dpo", "is not a method RNA can wrap"),
 ])
@@ -238,3 +238,24 @@ def test_tokenizer_without_pad_token_pads_with_eos():
     assert byte_tokenizer().pad_token is None
     _, tokenizer = load_model("tiny://llama")
     assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.padding_side == "left"
+
+
+@pytest.mark.parametrize("argument,expected", [
+    ("+eval.batch_sise=4", "error: eval.batch_sise is not a key of eval: did you mean eval.batch_size? the keys there "
+                           "are name, tasks, forget_tasks"),
+    ("eval.num_fewshot=abc", "error: eval.num_fewshot='abc' is not an integer: give an integer, e.g. eval.num_fewshot=..."),
+    ("eval.probes.max_length=???", "error: eval.probes.max_length is required but not set: give "
+                                   "eval.probes.max_length=..."),
+    ("method.beta=high", "error: method.beta='high' is not a number"),
+])
+def test_the_schema_rejects_through_the_cli(tmp_path, corpus_files, argument, expected):
+    """OmegaConf enforces the schemas (unlearn/schema.py): an unknown key, a wrong type, a required key left
+    unset are each one line with the fix, exit 2, before anything is written."""
+    args = [a for a in tiny(tmp_path, corpus_files) if not a.startswith("eval=")]
+    method = ["method=adaptive_rmu"] if argument.startswith("method.") else []
+    done = unlearn(*args, "eval=demo", *method, argument)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), done.stderr
+    assert "python -m unlearn --cfg job lists every key" in lines[0]
+    assert not (tmp_path / "out").exists()

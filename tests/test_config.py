@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from unlearn import config
+from unlearn.evaluation import EvalSpec
 from unlearn.__main__ import CONF_DIR, group_options
 
 
@@ -24,7 +25,10 @@ def test_every_option_composes_and_resolves(group):
         if option == "wmdp" or option == "wmdp_bio":
             extra = ["data.topics.bio.forget.path=bio.jsonl"]
         cfg = composed(f"{group}={option}", *extra)
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        if (group, option) == ("eval", "none"):  # an evaluation that runs nothing leaves its settings unset
+            assert EvalSpec.from_config(cfg.eval) is None
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=(group, option) != ("eval", "none"))
+        assert resolved["eval"]["robustness"]["enabled"] in (True, False)
 
 
 def test_experiment_presets_compose():

@@ -6,6 +6,7 @@ argument costs a second and leaves nothing behind. Errors are one line on stderr
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
@@ -19,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from unlearn import sweep  # noqa: F401  (registers the resolver that names a multirun's run directories)
+from unlearn import schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
 from unlearn.errors import UnlearnError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -155,12 +157,47 @@ def config_errors():
         raise UnlearnError(_first_line(exc)) from None
 
 
+LIST_KEYS = "python -m unlearn --cfg job lists every key with its value"
+EXPECTED = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+
+
 def _first_line(exc: Exception) -> str:
+    """One line: OmegaConf's schema errors (here or as the cause of Hydra's) name the key, what was given, what
+    is expected and where to list the keys; any other error keeps its own first lines."""
+    from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+    cause = exc if getattr(exc, "full_key", None) else exc.__cause__
+    key = getattr(cause, "full_key", None)
+    if key and isinstance(cause, MissingMandatoryValue):
+        return f"{key} is required but not set: give {key}=... ({LIST_KEYS}; ??? marks the unset ones)"
+    if key and isinstance(cause, ConfigKeyError):
+        return _unknown_key(key, getattr(cause, "object_type", None))
+    if key and isinstance(cause, ValidationError):
+        return _wrong_type(key, str(cause).splitlines()[0])
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = " ".join(lines[:2]) if lines else type(exc).__name__
     if "not in struct" in text or "Could not override" in text:
-        text += " (check the key's spelling; python -m unlearn --cfg job lists every key)"
+        text += f" (check the key's spelling; {LIST_KEYS})"
     return text
+
+
+def _unknown_key(key: str, schema: type | None) -> str:
+    parent, _, name = key.rpartition(".")
+    keys = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+    close = difflib.get_close_matches(name, keys, n=1)
+    hint = f"did you mean {'.'.join(filter(None, (parent, close[0])))}? " if close else ""
+    where = f"a key of {parent}" if parent else "a config key"
+    return f"{key} is not {where}: {hint}the keys there are {', '.join(keys)} (check the spelling; {LIST_KEYS})"
+
+
+def _wrong_type(key: str, message: str) -> str:
+    import re
+
+    found = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", message)
+    if not found:
+        return f"{key}: {message} ({LIST_KEYS})"
+    expected = EXPECTED.get(found[2], found[2])
+    return f"{key}={found[1]!r} is not {expected}: give {expected}, e.g. {key}=... ({LIST_KEYS})"
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

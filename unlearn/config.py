@@ -149,9 +149,6 @@ def method(cfg: DictConfig, topic_names: list[str], overridden: list[str] = ()) 
     the keys the method reads (RNA's config carries every base's keys; only its base's may be set)."""
     name, base = method_name_and_base(cfg)
     reads = (*METHOD_KEYS[base], *(("base", "nu") if name == "rna" else ()))
-    given = [key for key in cfg.method if key not in _PLUMBING_KEYS]
-    if name != "rna":
-        _refuse_foreign_keys(name, [k for k in given if k not in reads], reads)
     _refuse_foreign_keys(f"{name} over {base}" if name == "rna" else name,
                          [k.removeprefix("method.") for k in overridden if k.removeprefix("method.") not in reads
                           and k.removeprefix("method.") not in _PLUMBING_KEYS], reads)

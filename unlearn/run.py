@@ -60,8 +60,8 @@ def plan(cfg: DictConfig, overridden_method_keys: list[str] = ()) -> Plan:
 
 
 def _eval_spec(cfg: DictConfig):
-    spec = EvalSpec.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
-    if not spec.enabled:
+    spec = EvalSpec.from_config(cfg.eval)
+    if spec is None:  # eval=none
         return None
     check_tasks(spec)
     return spec

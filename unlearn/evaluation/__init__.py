@@ -1,7 +1,7 @@
 """Evaluation: lm-eval in memory, bundled local tasks, forget-token robustness, probes at the unlearn layer.
 
     from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table
-    spec = EvalSpec.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    spec = EvalSpec.from_config(cfg.eval)          # None for eval=none
     check_tasks(spec)                                   # before any weights load
     before = evaluate(model, tokenizer, spec, unlearn_layer=..., control_vectors=..., keywords=...,
                       probe_texts=..., cache_key="<model id>")

@@ -1,0 +1,240 @@
+"""The config's schemas, declared once and registered in Hydra's ConfigStore: OmegaConf enforces them when Hydra
+composes (an unknown key, a value of the wrong type), for the CLI and for every `compose`.
+
+Each YAML file extends its schema through its defaults list (`conf/config.yaml`: `unlearn_schema`;
+`conf/method/rmu.yaml`: `rmu_schema`; ...), as Hydra documents for structured configs. The fields carry no
+defaults: every value, with its comment, lives in `conf/`. What a type can't say (a positive number, a layer
+below the model's depth, one value per topic) is checked in `unlearn.config` and `unlearn.evaluation.spec`.
+Per-topic settings (`method.alpha`, `method.steering_coeff`) are `Any`: a number or a list of numbers, a union
+OmegaConf 2.3 cannot type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+POSITIONS = ("start", "end", "random")
+ATTACKS = ("relearn", "ablate", "fewshot")  # knowledge-recovery attacks (REFERENCE)
+ABLATE_BLOCKS = ("all", "trained")
+
+
+def _at_least(minimum: int) -> Any:
+    """A required integer with a floor the type can't state (unlearn.evaluation.spec checks it)."""
+    return dataclasses.field(default=MISSING, metadata={"min": minimum})
+
+
+def _positive() -> Any:
+    """A required number > 0 (unlearn.evaluation.spec checks it)."""
+    return dataclasses.field(default=MISSING, metadata={"positive": True})
+
+
+@dataclass
+class RobustnessSpec:
+    """The forget-token test of the RNA paper: retain questions again, with a forget keyword inserted."""
+
+    enabled: bool = MISSING
+    tasks: List[str] = MISSING  # retain tasks (lm-eval YAML tasks, not groups) to perturb
+    position: str = MISSING  # start | end | random (a random word boundary, seeded per question)
+    insertions: int = _at_least(1)  # copies of the keyword inserted into each question
+    seed: int = _at_least(0)  # seeds the random positions; question i gets the same positions for every keyword
+    field: str = MISSING  # the document field the keyword goes into
+    keywords: Optional[Dict[str, List[str]]] = MISSING  # per topic; None = the data config's keywords
+
+
+@dataclass
+class ProbeSpec:
+    """Representation probes at the unlearn layer on held-out forget and retain text."""
+
+    enabled: bool = MISSING
+    forget_path: Optional[str] = MISSING  # read by the pipeline (unlearn.corpora), passed to evaluate() as text
+    retain_path: Optional[str] = MISSING
+    text_field: str = MISSING
+    max_documents: int = _at_least(1)  # per text set
+    max_length: int = _at_least(2)  # tokens per document
+    batch_size: int = _at_least(1)
+    control_vectors: Optional[str] = MISSING  # train=false: a run's control_vectors.safetensors, for cos(h_l, u)
+
+
+@dataclass
+class RelearnSpec:
+    """Fine-tune the unlearned model for a few steps on held-out text, then evaluate (Lucki et al. 2024)."""
+
+    path: Optional[str] = MISSING  # a local JSONL/.txt file, a bundled file (pkg://) or a hub dataset; never a training corpus
+    name: Optional[str] = MISSING  # hub dataset config
+    split: str = MISSING  # hub dataset split
+    text_field: str = MISSING
+    max_documents: int = _at_least(1)  # the first documents of the file
+    max_length: int = _at_least(2)  # tokens per document
+    lora: bool = MISSING  # True: LoRA adapters on the model (removed afterwards); False: full fine-tune of a copy
+    lora_rank: int = _at_least(1)
+    lora_alpha: float = _positive()
+    lora_targets: Any = MISSING  # peft's target_modules: "all-linear" or a list of module names
+    lr: float = _positive()
+    steps: int = _at_least(1)  # optimizer steps; the documents are reused in order when steps need more
+    batch_size: int = _at_least(1)
+    seed: int = _at_least(0)  # seeds the LoRA initialisation
+
+
+@dataclass
+class AblateSpec:
+    """Project the difference-of-means direction out of the block outputs (Arditi & Chughtai 2024)."""
+
+    path: Optional[str] = MISSING  # forget-domain text the means are taken over (a local or bundled file)
+    text_field: str = MISSING
+    max_documents: int = _at_least(1)
+    max_length: int = _at_least(2)
+    batch_size: int = _at_least(1)
+    skip_tokens: int = _at_least(0)  # the first tokens of each document left out of the means (besides special tokens)
+    blocks: str = MISSING  # all | trained
+
+
+@dataclass
+class FewshotSpec:
+    """The forget (and retain) tasks again with examples in the prompt (Doshi & Stickland 2024)."""
+
+    num_fewshot: int = _at_least(1)
+
+
+@dataclass
+class AttackSpec:
+    """Each attack's settings; None for an attack `eval.attacks` does not list (its settings are not read)."""
+
+    relearn: Optional[RelearnSpec] = MISSING
+    ablate: Optional[AblateSpec] = MISSING
+    fewshot: Optional[FewshotSpec] = MISSING
+
+
+@dataclass
+class EvalSpec:
+    name: str = MISSING
+    tasks: List[str] = MISSING  # lm-eval tasks or groups, run before and after
+    forget_tasks: List[str] = MISSING  # the subset of `tasks` in the forget domain (accuracy should fall)
+    retain_tasks: List[str] = MISSING  # the subset of `tasks` in the retain domain (accuracy should hold)
+    include_paths: List[str] = MISSING  # extra directories of lm-eval task YAMLs (`pkg://unlearn/...` allowed)
+    before: bool = MISSING  # also evaluate the model before training
+    batch_size: Any = MISSING  # passed to lm-eval's HFLM itself; an int or "auto"
+    limit: Any = MISSING  # documents per task (a fraction when < 1); None = all
+    num_fewshot: int = _at_least(0)
+    robustness: RobustnessSpec = MISSING
+    probes: ProbeSpec = MISSING
+    attacks: List[str] = MISSING  # knowledge-recovery attacks run after the evaluation, in order
+    attack: Optional[AttackSpec] = MISSING  # their settings; None when no attack is listed
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tasks) or self.robustness.enabled or self.probes.enabled
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Optional[EvalSpec]:  # noqa: F821 (the class itself)
+        """The checked settings of `cfg.eval` (a composed node or a plain dict); None when it evaluates nothing
+        (the rules: unlearn.evaluation.spec)."""
+        from unlearn.evaluation.spec import eval_spec
+
+        return eval_spec(cfg)
+
+
+
+@dataclass
+class RMUConfig:
+    name: str = MISSING
+    recipe: Any = MISSING  # the model preset's defaults for the method
+    steering_coeff: Any = MISSING
+    alpha: Any = MISSING
+
+
+@dataclass
+class AdaptiveRMUConfig:
+    name: str = MISSING
+    recipe: Any = MISSING
+    beta: float = MISSING
+    alpha: Any = MISSING
+
+
+@dataclass
+class POConfig:
+    """NPO and SimNPO."""
+
+    name: str = MISSING
+    recipe: Any = MISSING
+    beta: float = MISSING
+    retain_loss: str = MISSING
+    alpha: Any = MISSING
+
+
+@dataclass
+class RNABaseDefaults:
+    recipe: Any = MISSING
+    beta: Optional[float] = MISSING
+
+
+@dataclass
+class RNAConfig:
+    """Every base's keys: which of them may be set depends on `base` (a rule in unlearn.config)."""
+
+    name: str = MISSING
+    base: str = MISSING
+    nu: float = MISSING
+    bases: Dict[str, RNABaseDefaults] = MISSING
+    recipe: Any = MISSING
+    steering_coeff: Any = MISSING
+    beta: Optional[float] = MISSING
+    retain_loss: str = MISSING
+    alpha: Any = MISSING
+
+
+@dataclass
+class SweepConfig:
+    force: bool = MISSING
+    ignore_keys: List[str] = MISSING
+
+
+@dataclass
+class UnlearnConfig:
+    """The top-level keys of conf/config.yaml; the groups' own schemas type model, method, data, eval, logger."""
+
+    model: Any = MISSING
+    method: Any = MISSING
+    data: Any = MISSING
+    eval: EvalSpec = MISSING
+    logger: Any = MISSING
+    train: bool = MISSING
+    layer: int = MISSING
+    update_layers: Any = MISSING  # null, one block index, or a list of them
+    param_pattern: str = MISSING
+    steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    seed: int = MISSING
+    max_length: Optional[int] = MISSING
+    mask_padding: bool = MISSING
+    device: str = MISSING
+    dtype: str = MISSING
+    device_map: Optional[str] = MISSING
+    save_model: Optional[bool] = MISSING
+    output_root: str = MISSING
+    sweep: SweepConfig = MISSING
+
+
+@dataclass
+class AuditRunConfig(UnlearnConfig):
+    """conf/audit.yaml: the training config plus the audit's own keys (checked in unlearn.audit)."""
+
+    audit: Any = MISSING
+
+
+def register() -> None:
+    store = ConfigStore.instance()
+    store.store(name="unlearn_schema", node=UnlearnConfig)
+    store.store(name="audit_schema", node=AuditRunConfig)
+    for name, node in (("rmu", RMUConfig), ("adaptive_rmu", AdaptiveRMUConfig), ("npo", POConfig),
+                       ("simnpo", POConfig), ("rna", RNAConfig)):
+        store.store(group="method", name=f"{name}_schema", node=node)
+
+
+register()

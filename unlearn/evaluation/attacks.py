@@ -266,14 +266,9 @@ def _fine_tune(model: nn.Module, tokenizer, texts: list[str], params: list[nn.Pa
 def _right_padded(tokenizer, documents: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids and mask, padded on the right: the positions of every document start at 0, as in training
     without padding (the run's tokenizer pads on the left, which shifts them)."""
-    ids = tokenizer(documents, truncation=True, max_length=max_length)["input_ids"]
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, tokens in enumerate(ids):
-        input_ids[row, : len(tokens)] = torch.tensor(tokens)
-        attention_mask[row, : len(tokens)] = 1
-    return input_ids, attention_mask
+    encoded = tokenizer(documents, truncation=True, max_length=max_length, padding=True, padding_side="right",
+                        return_tensors="pt")
+    return encoded["input_ids"], encoded["attention_mask"]
 
 
 @contextlib.contextmanager

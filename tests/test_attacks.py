@@ -24,7 +24,8 @@ from unlearn import report
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import EvalSpec, evaluate
 from unlearn.evaluation.attacks import (
-    AttackTexts, mean_block_outputs, project_out, projected_out, recovered_fraction, relearned, run_attacks,
+    AttackTexts, _right_padded, mean_block_outputs, project_out, projected_out, recovered_fraction, relearned,
+    run_attacks,
 )
 from unlearn.models import decoder_blocks, load_model
 
@@ -322,3 +323,15 @@ def test_tracking_flattens_the_attacks():
     flat = flatten_results({"before": BEFORE, "attacks": {"relearn": attacks_entry(0.5, 0.4, 0.25)}})
     assert flat["eval/attacks/relearn/recovered_fraction"] == 0.25
     assert flat["eval/attacks/relearn/forget_acc"] == 0.5
+
+
+def test_relearning_batches_are_padded_right(tiny):
+    """Relearning pads on the right, whatever side the run's tokenizer pads on, so every document's positions
+    start at 0 as in training without padding."""
+    tokenizer = tiny[1]
+    input_ids, attention_mask = _right_padded(tokenizer, ["ab", "abcdef", "abcdefghijkl"], max_length=8)
+    # byte tokenizer: <s> + one token per byte, the last document cut to 8
+    assert attention_mask.tolist() == [[1, 1, 1, 0, 0, 0, 0, 0], [1] * 7 + [0], [1] * 8]
+    assert input_ids[0, 3:].tolist() == [tokenizer.pad_token_id] * 5
+    assert tokenizer.decode(input_ids[1, :7], skip_special_tokens=True) == "abcdef"
+    assert tokenizer.padding_side == "left"  # the run's own side is left as it was

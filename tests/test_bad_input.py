@@ -140,6 +140,16 @@ def test_lookalike_letters_are_replaced_with_a_warning(capsys):
     assert "'\u0430' (U+0430)" in warning and "running method=rna" in warning
 
 
+@pytest.mark.parametrize("argument,replaced", [
+    ("method=rm\u03c5", "'\u03c5' (U+03C5)"),  # Greek upsilon
+    ("method=\uff52mu", "'\uff52' (U+FF52)"),  # fullwidth r
+])
+def test_lookalikes_from_unicode_data_are_replaced(capsys, argument, replaced):
+    assert normalize_argument(argument) == "method=rmu"
+    warning = capsys.readouterr().err
+    assert replaced in warning and "running method=rmu" in warning
+
+
 def test_lookalike_argument_runs_end_to_end(tmp_path, corpus_files):
     done = unlearn(*tiny(tmp_path, corpus_files, "method=rn\u0430", "steps=2"))
     assert done.returncode == 0, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from unlearn.corpora import BatchStream, CorpusSpec, batches_needed, check_sizes, read_texts
 from unlearn.errors import UnlearnError
@@ -42,6 +43,14 @@ def test_chunking_keeps_every_token(tokenizer):
     assert len(stream) == 3  # <s> + 10 bytes = 11 tokens -> 4 + 4 + 3
     assert [int(stream.batch(i)["attention_mask"].sum()) for i in range(3)] == [4, 4, 3]
 
+
+
+def test_chunks_are_padded_left_like_documents(tokenizer):
+    stream = BatchStream(["a" * 10], tokenizer, batch_size=3, max_length=4, chunk=True)
+    batch = stream.batch(0)  # chunks of 4, 4 and 3 tokens
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]]
+    assert batch["input_ids"][2, 0].item() == tokenizer.pad_token_id
+    assert batch["input_ids"].dtype == batch["attention_mask"].dtype == torch.long
 
 def test_shuffle_is_seeded_and_off_by_default(tokenizer):
     texts = [f"doc {i}" for i in range(20)]

@@ -12,7 +12,7 @@ import torch
 from unlearn.corpora import BatchStream
 from unlearn.engine import FastEngine, ReferenceEngine
 from unlearn.methods import MethodSpec, build, control_vector
-from unlearn.models import decoder_blocks, load_model, trained_parameters
+from unlearn.models import capture_block_outputs, decoder_blocks, load_model, rewrite_block_outputs, trained_parameters
 from unlearn.train import TopicStreams, train
 
 FORGET = [f"the virus capsid protects the genome number {i} " * (1 + i % 3) for i in range(16)]
@@ -96,3 +96,23 @@ def test_fast_engine_trains_only_selected_weights_and_keeps_no_full_copy():
     assert len(engine.frozen_blocks) == 3
     assert all(not p.requires_grad for b in engine.frozen_blocks for p in b.parameters())
     assert engine.frozen_blocks[0] is not decoder_blocks(model)[5]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt-neox"])
+@torch.no_grad()
+def test_block_outputs_are_captured_and_rewritten_on_every_layout(arch):
+    """What the hooks read is the block's hidden state, whether the block returns a tensor or a tuple, and
+    what they write reaches the logits; both hooks are gone afterwards."""
+    model, tokenizer = load_model(f"tiny://{arch}", seed=0)
+    batch = tokenizer(["the virus capsid", "the river"], return_tensors="pt", padding=True)
+    plain = model(**batch, output_hidden_states=True)
+    hooks_before = [len(block._forward_hooks) for block in decoder_blocks(model)]  # transformers keeps its own
+    with capture_block_outputs(model, [1, 2]) as captured:
+        model(**batch)
+    assert torch.equal(captured[1], plain.hidden_states[2]) and torch.equal(captured[2], plain.hidden_states[3])
+    with rewrite_block_outputs(model, {1: torch.zeros_like}), capture_block_outputs(model, [1]) as captured:
+        rewritten = model(**batch)
+    assert not captured[1].any()  # the capture, hooked after the rewrite, sees its result
+    assert not torch.allclose(rewritten.logits, plain.logits)
+    assert [len(block._forward_hooks) for block in decoder_blocks(model)] == hooks_before
+    assert torch.equal(model(**batch).logits, plain.logits)

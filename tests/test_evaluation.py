@@ -312,6 +312,22 @@ def test_base_model_results_are_cached(tiny, task_dir, tmp_path, monkeypatch):
     assert len(calls) == 4
 
 
+def test_a_cache_write_cut_short_keeps_the_old_file(tmp_path, monkeypatch):
+    from unlearn.evaluation import cache
+
+    path = tmp_path / "entry.json"
+    cache.write(path, {"model": "a"}, {"acc": 0.5})
+
+    def killed(*_args):
+        raise KeyboardInterrupt  # as if the job were stopped between writing and renaming
+
+    monkeypatch.setattr("os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cache.write(path, {"model": "a"}, {"acc": 0.9})
+    assert cache.read(path, {"model": "a"}) == {"acc": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["entry.json"]  # the temporary file is gone too
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Offline and bad input
 

@@ -29,13 +29,23 @@ INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--
               "--version", "--resolve", "--package", "-p"}
 EXIT_BAD_INPUT = 2
 
-# Letters from other scripts that render like ASCII ones (Cyrillic, Greek, fullwidth forms).
-LOOKALIKES = str.maketrans({
-    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
-    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "Х": "X",
-    "α": "a", "ο": "o", "ν": "v", "ρ": "p", "τ": "t", "ι": "i", "κ": "k", "Α": "A", "Β": "B", "Ε": "E", "Ο": "O",
-    "－": "-", "＝": "=", "＿": "_",
-})
+def ascii_lookalike(text: str) -> str:
+    """`text` with every character that Unicode lists as looking like an ASCII one replaced by it: NFKC folds
+    fullwidth and compatibility forms ('ｒ' -> 'r'), then Unicode's confusables table (UTS #39) maps letters of
+    other scripts ('а' Cyrillic -> 'a', 'ο' Greek -> 'o'); characters with no ASCII look-alike stay as they are."""
+    if text.isascii():
+        return text
+    import unicodedata
+
+    from confusable_homoglyphs import confusables  # loads a 1 MB table: only for arguments that need it
+
+    folded = unicodedata.normalize("NFKC", text)
+    replacements = {}
+    for found in confusables.is_confusable(folded, greedy=True) or []:
+        ascii_forms = [glyph["c"] for glyph in found["homoglyphs"] if glyph["c"].isascii()]
+        if ascii_forms and not found["character"].isascii():  # ASCII letters are confusable with each other too
+            replacements[found["character"]] = ascii_forms[0]
+    return folded.translate(str.maketrans(replacements))
 
 
 def group_options(group: str) -> list[str]:
@@ -49,14 +59,14 @@ def normalize_argument(argument: str) -> str:
     key, sep, value = argument.partition("=")
     group = key.lstrip("+~")
     if not sep or group not in GROUPS or "," in value or not value or value == "null":
-        if not argument.isascii() and argument.translate(LOOKALIKES) != argument:
+        if not argument.isascii() and ascii_lookalike(argument) != argument:
             odd = [f"'{ch}' (U+{ord(ch):04X})" for ch in argument if not ch.isascii()]
             print(f"warning: non-ASCII characters in argument {argument!r}: {', '.join(odd)}", file=sys.stderr)
         return argument
     options = group_options(group)
     if value in options:
         return argument
-    ascii_value = value.translate(LOOKALIKES)
+    ascii_value = ascii_lookalike(value)
     odd = [f"'{ch}' (U+{ord(ch):04X})" for ch in value if not ch.isascii()]
     if ascii_value != value and ascii_value in options:
         print(f"warning: {group}={value!r} contains look-alike character(s) {', '.join(odd)}; "

@@ -204,7 +204,7 @@ class BatchStream:
         group = [self.samples[(start + i) % len(self.samples)] for i in range(self.batch_size)]
         if isinstance(group[0], str):
             return self.tokenizer(group, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
-        return _left_pad(group, self.tokenizer.pad_token_id)
+        return self.tokenizer.pad({"input_ids": group}, padding=True, return_tensors="pt")  # on the side models.py sets: left
 
 
 def _chunked(texts: list[str], tokenizer, max_length: int) -> list[list[int]]:
@@ -213,13 +213,3 @@ def _chunked(texts: list[str], tokenizer, max_length: int) -> list[list[int]]:
     for ids in tokenizer(texts)["input_ids"]:
         pieces.extend(ids[i : i + max_length] for i in range(0, len(ids), max_length))
     return pieces
-
-
-def _left_pad(samples: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(s) for s in samples)
-    input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for row, ids in enumerate(samples):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention_mask[row, width - len(ids) :] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from unlearn.models import decoder_blocks, output_head
+from unlearn.models import block_output, capture_block_outputs, decoder_blocks, output_head, rewrite_block_outputs
 
 
 Perturb = Callable[[torch.Tensor], torch.Tensor]  # applied to the reference's h_l (RNA's noise)
@@ -59,11 +59,6 @@ class BlockInput:
 
 class _StopForward(Exception):
     pass
-
-
-def _block_output(output) -> torch.Tensor:
-    # Decoder blocks return a tensor (transformers >= 4.54 for most models) or a tuple led by it.
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 class FastEngine:
@@ -126,7 +121,7 @@ class FastEngine:
     def _run(blocks: list[nn.Module], prepared: BlockInput, hidden: torch.Tensor | None = None) -> torch.Tensor:
         hidden = prepared.hidden if hidden is None else hidden
         for block in blocks:
-            hidden = _block_output(block(hidden, *prepared.args, **prepared.kwargs))
+            hidden = block_output(block(hidden, *prepared.args, **prepared.kwargs))
         return hidden  # (B, T, d)
 
 
@@ -158,26 +153,13 @@ class ReferenceEngine:
     def reference_logits(self, batch: dict[str, torch.Tensor], perturb: Perturb | None = None) -> torch.Tensor:
         if perturb is None:
             return self._forward(self.frozen_model, batch).logits
-
-        def replace_output(module, args, output):
-            h = perturb(_block_output(output)).to(_block_output(output).dtype)
-            return (h, *output[1:]) if isinstance(output, (tuple, list)) else h
-
-        handle = decoder_blocks(self.frozen_model)[self.layer].register_forward_hook(replace_output)
-        try:
+        with rewrite_block_outputs(self.frozen_model, {self.layer: perturb}):
             return self._forward(self.frozen_model, batch).logits
-        finally:
-            handle.remove()
 
     def _forward_with_hook(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        captured = []
-        block = decoder_blocks(model)[self.layer]
-        handle = block.register_forward_hook(lambda module, args, output: captured.append(_block_output(output)))
-        try:
+        with capture_block_outputs(model, [self.layer]) as captured:
             self._forward(model, batch)
-        finally:
-            handle.remove()
-        return captured[0]
+        return captured[self.layer]
 
     @staticmethod
     def _forward(model: nn.Module, batch: dict[str, torch.Tensor]):

@@ -11,12 +11,14 @@ Three kinds of `name_or_path`:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -292,6 +294,54 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
         f"cannot find the decoder blocks of {type(model).__name__}: supported layouts are "
         + ", ".join(BLOCK_PATHS)
     )
+
+
+def block_output(output) -> torch.Tensor:
+    """The hidden state (B, T, d) in what a decoder block returns: a tensor (transformers >= 4.54 for most
+    models) or a tuple led by it (older releases, some architectures)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@contextlib.contextmanager
+def capture_block_outputs(model: nn.Module, layers: Iterable[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Inside, each forward pass leaves block `i`'s output h_i (B, T, d) in `captured[i]` for every `i` in
+    `layers` (the latest pass's, with its graph when gradients are on); the hooks go on the way out."""
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep(index: int):
+        return lambda _module, _inputs, output: captured.__setitem__(index, block_output(output))
+
+    with _block_hooks(model, {index: keep(index) for index in layers}):
+        yield captured
+
+
+@contextlib.contextmanager
+def rewrite_block_outputs(model: nn.Module,
+                          rewrites: dict[int, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """Inside, block `i`'s output h (B, T, d) is replaced by `rewrites[i](h)`, cast back to h's dtype, for the
+    blocks that follow it and the head; the hooks go on the way out."""
+    def rewrite(change: Callable[[torch.Tensor], torch.Tensor]):
+        def hook(_module, _inputs, output):
+            hidden = block_output(output)
+            changed = change(hidden).to(hidden.dtype)
+            return (changed, *output[1:]) if isinstance(output, (tuple, list)) else changed
+        return hook
+
+    with _block_hooks(model, {index: rewrite(change) for index, change in rewrites.items()}):
+        yield
+
+
+@contextlib.contextmanager
+def _block_hooks(model: nn.Module, hooks: dict[int, Callable]) -> Iterator[None]:
+    blocks = decoder_blocks(model)
+    handles = []
+    try:
+        for index, hook in hooks.items():
+            handles.append(blocks[index].register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def output_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:

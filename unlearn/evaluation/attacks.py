@@ -48,7 +48,7 @@ from unlearn.errors import UnlearnError
 from unlearn.evaluation.harness import eval_mode
 from unlearn.evaluation.spec import AblateSpec, EvalSpec, RelearnSpec
 from unlearn.evaluation.suite import evaluate
-from unlearn.models import decoder_blocks
+from unlearn.models import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 
 log = logging.getLogger(__name__)
 
@@ -262,14 +262,9 @@ def _fine_tune(model: nn.Module, tokenizer, texts: list[str], params: list[nn.Pa
 def _right_padded(tokenizer, documents: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) ids and mask, padded on the right: the positions of every document start at 0, as in training
     without padding (the run's tokenizer pads on the left, which shifts them)."""
-    ids = tokenizer(documents, truncation=True, max_length=max_length)["input_ids"]
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, tokens in enumerate(ids):
-        input_ids[row, : len(tokens)] = torch.tensor(tokens)
-        attention_mask[row, : len(tokens)] = 1
-    return input_ids, attention_mask
+    encoded = tokenizer(documents, truncation=True, max_length=max_length, padding=True, padding_side="right",
+                        return_tensors="pt")
+    return encoded["input_ids"], encoded["attention_mask"]
 
 
 @contextlib.contextmanager
@@ -288,18 +283,10 @@ def _seeded(seed: int) -> Iterator[None]:
 def mean_block_outputs(model: nn.Module, tokenizer, texts: list[str], settings: AblateSpec) -> torch.Tensor:
     """(n_blocks, d) float32 on the CPU: the mean output of every decoder block over the kept tokens of `texts`
     (special tokens and each document's first `skip_tokens` tokens left out)."""
-    blocks = decoder_blocks(model)
-    caught: dict[int, torch.Tensor] = {}
-
-    def catcher(index: int):
-        def catch(_module, _inputs, output):
-            caught[index] = output[0] if isinstance(output, tuple) else output  # (B, T, d)
-        return catch
-
-    handles = [block.register_forward_hook(catcher(i)) for i, block in enumerate(blocks)]
+    n_blocks = len(decoder_blocks(model))
     sums, tokens = None, 0
     device = model.get_input_embeddings().weight.device
-    try:
+    with capture_block_outputs(model, range(n_blocks)) as caught:
         with eval_mode(model):
             for start in range(0, len(texts), settings.batch_size):
                 encoded = tokenizer(texts[start : start + settings.batch_size], return_tensors="pt", padding=True,
@@ -308,12 +295,9 @@ def mean_block_outputs(model: nn.Module, tokenizer, texts: list[str], settings: 
                 keep &= keep.cumsum(dim=-1) > settings.skip_tokens  # rank among the document's own tokens
                 model(input_ids=encoded["input_ids"].to(device), attention_mask=encoded["attention_mask"].to(device))
                 batch_sums = torch.stack([caught[i].float()[keep.to(caught[i].device)].sum(dim=0).cpu()
-                                          for i in range(len(blocks))])  # (n_blocks, d)
+                                          for i in range(n_blocks)])  # (n_blocks, d)
                 sums = batch_sums if sums is None else sums + batch_sums
                 tokens += int(keep.sum())
-    finally:
-        for handle in handles:
-            handle.remove()
     if not tokens:
         raise UnlearnError(f"eval.attack.ablate: no tokens left after skipping {settings.skip_tokens} per document: "
                            "lower eval.attack.ablate.skip_tokens or give longer documents")
@@ -344,27 +328,15 @@ def _ablate_attack(model, tokenizer, spec: EvalSpec, texts: list[str], original_
     return evaluation, details
 
 
-@contextlib.contextmanager
-def projected_out(model: nn.Module, directions: dict[int, torch.Tensor]) -> Iterator[None]:
+def projected_out(model: nn.Module, directions: dict[int, torch.Tensor]) -> contextlib.AbstractContextManager:
     """Inside, block `b`'s output h becomes h - (h . d_hat_b) d_hat_b for every `b` in `directions`, through
     forward hooks that are removed on the way out (also on an error)."""
-    blocks = decoder_blocks(model)
-    handles = []
-    try:
-        for index, direction in directions.items():
-            handles.append(blocks[index].register_forward_hook(_projection_hook(direction / direction.norm())))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return rewrite_block_outputs(model, {index: _projection(direction / direction.norm())
+                                         for index, direction in directions.items()})
 
 
-def _projection_hook(unit: torch.Tensor):
-    def hook(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output  # (B, T, d)
-        projected = project_out(hidden, unit.to(device=hidden.device, dtype=hidden.dtype))
-        return (projected, *output[1:]) if isinstance(output, tuple) else projected
-    return hook
+def _projection(unit: torch.Tensor):
+    return lambda hidden: project_out(hidden, unit.to(device=hidden.device, dtype=hidden.dtype))  # (B, T, d)
 
 
 def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from pathlib import Path
 from importlib import metadata
+from pathlib import Path
 from typing import Any
+
+from unlearn import rundir
 
 
 def cache_file(cache_dir: Path, key: dict[str, Any]) -> Path:
@@ -37,14 +37,7 @@ def read(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 def write(path: Path, key: dict[str, Any], results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump({"key": key, "results": results}, stream, indent=1, sort_keys=True)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    rundir.write_text_atomic(path, json.dumps({"key": key, "results": results}, indent=1, sort_keys=True))
 
 
 def model_identity(name_or_path: str, *, seed: int) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unlearn.models import decoder_blocks
+from unlearn.models import capture_block_outputs
 
 
 def probe_texts_statistics(
@@ -97,18 +97,10 @@ def _tokenize(tokenizer, documents: list[str], max_length: int, device: torch.de
 
 
 def _forward_with_hidden(model: nn.Module, batch: dict[str, torch.Tensor], unlearn_layer: int):
-    """One forward pass; returns (h_l, logits), h_l caught by a hook on block `unlearn_layer`."""
-    caught: list[torch.Tensor] = []
-
-    def catch(_module, _inputs, output):
-        caught.append(output[0] if isinstance(output, tuple) else output)  # (B, T, d)
-
-    handle = decoder_blocks(model)[unlearn_layer].register_forward_hook(catch)
-    try:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-    finally:
-        handle.remove()
-    return caught[0], logits
+    """One forward pass; returns (h_l (B, T, d), logits (B, T, V)), h_l caught by a hook on block `unlearn_layer`."""
+    with capture_block_outputs(model, [unlearn_layer]) as captured:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return captured[unlearn_layer], logits
 
 
 def _input_device(model: nn.Module) -> torch.device:

@@ -279,6 +279,9 @@ def test_a_run_with_attacks_saves_the_same_model_and_reports_each_attack(tmp_pat
         assert (entry["forget_acc_before"], entry["forget_acc_after"]) == (before, after)
         assert entry["recovered_fraction"] == recovered_fraction(before, after, entry["forget_acc"])
     assert results["attacks"]["fewshot"]["num_fewshot"] == 5
+    # lm-eval really put 5 examples in each prompt, although the tasks' YAML says 0 (it ignores a request then)
+    assert {t["num_fewshot"] for t in results["attacks"]["fewshot"]["tasks"].values()} == {5}
+    assert {t["num_fewshot"] for t in results["after"]["tasks"].values()} == {0}
     assert results["attacks"]["ablate"]["ablated_blocks"] == [5, 6, 7, 8, 9, 10, 11]  # blocks 0-4 did not train
     assert "knowledge recovery" in attacked.stdout and "attack relearn" in attacked.stdout
     manifest = json.loads((runs[1] / "manifest.json").read_text())

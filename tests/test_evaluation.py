@@ -184,6 +184,20 @@ def test_demo_tasks_run_in_memory_at_the_configured_batch_size(tiny, task_dir, t
     assert robustness["tasks"]["demo_retain"]["n"] == RETAIN_DOCS
 
 
+def test_num_fewshot_reaches_tasks_whose_yaml_says_zero(tiny, task_dir):
+    """The demo tasks' YAML says `num_fewshot: 0`, and lm-eval leaves a requested num_fewshot unapplied then; the
+    evaluation runs copies of their configs instead, so 2 examples really go in each prompt (lm-eval's own
+    n-shot record), and a group's accuracy is its tasks' size-weighted mean (6 and 8 questions)."""
+    spec = EvalSpec.from_config(demo_config(task_dir, tasks=["demo_all"], forget_tasks=[], retain_tasks=[],
+                                            num_fewshot=2, robustness__enabled=False))
+    tasks = run(*tiny, spec)["tasks"]
+    assert {name: metrics["num_fewshot"] for name, metrics in tasks.items() if name != "demo_all"} == \
+        {"demo_forget": 2, "demo_retain": 2}
+    forget, retain = tasks["demo_forget"], tasks["demo_retain"]
+    assert tasks["demo_all"]["n"] == 14
+    assert tasks["demo_all"]["acc"] == pytest.approx((6 * forget["acc"] + 8 * retain["acc"]) / 14)
+
+
 def test_limit_caps_documents(tiny, task_dir):
     spec = EvalSpec.from_config(demo_config(task_dir, limit=3, robustness__enabled=False))
     results = run(*tiny, spec)

@@ -75,9 +75,6 @@ def run_tasks(
 ) -> dict[str, Any]:
     """lm-eval's raw results for task specs: registered names (tasks, groups, tags) and task config dicts."""
     with _global_rng_kept(), eval_mode(model), quiet():
-        if num_fewshot:  # lm-eval ignores the request for a task whose YAML says `num_fewshot: 0` (WMDP's, ours)
-            for task in manager.load(tasks)["tasks"].values():
-                task.set_config(key="num_fewshot", value=num_fewshot)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         return simple_evaluate(
             model=lm,
@@ -109,7 +106,8 @@ def quiet() -> Iterator[None]:
 
 
 def task_metrics(results: dict[str, Any], name: str) -> dict[str, Any]:
-    """`{"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}` of one task or group (absent metrics left out)."""
+    """`{"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "num_fewshot"}` of one task or group (absent
+    metrics left out)."""
     raw = results["results"][name]
     metrics: dict[str, Any] = {}
     for metric in METRICS:
@@ -118,6 +116,9 @@ def task_metrics(results: dict[str, Any], name: str) -> dict[str, Any]:
             stderr = raw.get(f"{metric}_stderr,none")
             metrics[f"{metric}_stderr"] = stderr if isinstance(stderr, float) else None
     metrics["n"] = _documents(results, name)
+    shots = results.get("n-shot", {}).get(name)
+    if shots is not None:  # the examples lm-eval actually put in each prompt
+        metrics["num_fewshot"] = int(shots)
     return metrics
 
 

@@ -196,11 +196,11 @@ def _keyword_topics(settings: RobustnessSpec, keywords: dict[str, list[str]]) ->
 
 
 def _run_lm_eval(model, tokenizer, spec: EvalSpec, plan: _Plan, keyword_topics: dict[str, str]) -> dict:
-    specs: list[str | dict[str, Any]] = list(plan.clean)
+    specs: list[str | dict[str, Any]] = _fewshot_copies(plan, spec.num_fewshot) if spec.num_fewshot else list(plan.clean)
     perturbed_names = _perturbed_names(spec, keyword_topics)
     settings = spec.robustness
     for task, by_keyword in perturbed_names.items():
-        clean = task_config(plan.leaves[task][0])
+        clean = _with_fewshot(task_config(plan.leaves[task][0]), spec.num_fewshot)
         for keyword, name in by_keyword.items():
             specs.append(robustness.perturbed_task_config(
                 clean, task_name=name, keyword=keyword, field=settings.field, position=settings.position,
@@ -209,7 +209,34 @@ def _run_lm_eval(model, tokenizer, spec: EvalSpec, plan: _Plan, keyword_topics: 
     raw = run_tasks(model, tokenizer, specs, plan.manager, batch_size=spec.batch_size, limit=spec.limit,
                     num_fewshot=spec.num_fewshot)
     tasks = {reported: task_metrics(raw, reported) for name in spec.tasks for reported in _reported(raw, name, plan)}
+    if spec.num_fewshot:  # the copies ran as tasks: a group's accuracy from its tasks', as lm-eval weighs MMLU's
+        tasks.update({name: _size_weighted(tasks, plan.leaves[name]) for name in spec.tasks
+                      if name in plan.manager.all_groups})
     return {"tasks": tasks, "robustness": _robustness_summary(raw, spec, perturbed_names, keyword_topics)}
+
+
+def _fewshot_copies(plan: _Plan, num_fewshot: int) -> list[dict[str, Any]]:
+    """Each task's own config with `num_fewshot` set. lm-eval leaves a requested num_fewshot unapplied for a
+    task whose YAML fixes it (WMDP's and the bundled demo tasks' say 0), so a few-shot evaluation (the fewshot
+    attack, eval.num_fewshot) hands lm-eval these copies instead of the names."""
+    tasks = {task_name(task): task for name in plan.clean for task in plan.leaves[name]}
+    return [_with_fewshot(task_config(task), num_fewshot) for task in tasks.values()]
+
+
+def _with_fewshot(config: dict[str, Any], num_fewshot: int) -> dict[str, Any]:
+    return dict(config, num_fewshot=num_fewshot) if num_fewshot else config
+
+
+def _size_weighted(tasks: dict[str, dict[str, Any]], leaves: list) -> dict[str, Any]:
+    """A group's metrics as the mean of its tasks' weighted by their document counts (stderr not derived)."""
+    members = [tasks[task_name(task)] for task in leaves if task_name(task) in tasks]
+    total = sum(member["n"] for member in members)
+    metrics: dict[str, Any] = {}
+    for metric in ("acc", "acc_norm"):
+        if total and all(metric in member for member in members):
+            metrics[metric] = sum(member[metric] * member["n"] for member in members) / total
+            metrics[f"{metric}_stderr"] = None
+    return {**metrics, "n": total}
 
 
 def _reported(raw: dict[str, Any], name: str, plan: _Plan) -> list[str]:

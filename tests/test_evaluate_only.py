@@ -116,3 +116,14 @@ def test_cache_key_holds_what_changes_results(task_dir, tmp_path, monkeypatch): 
     stored = json.loads(next(tmp_path.glob("*.json")).read_text())["key"]
     assert {"dtype", "device_type", "batch_size", "task_definitions"} <= set(stored)
     assert set(stored["versions"]) >= {"lm_eval", "transformers", "torch"}
+
+
+def test_train_false_needs_no_training_corpus(monkeypatch, capsys, tmp_path):
+    """Evaluating a released checkpoint on WMDP's data config must not ask for the gated bio forget corpus:
+    nothing trains. Training with the same config still does."""
+    from tests.test_bad_input import precheck_error
+    from unlearn.__main__ import precheck
+
+    args = ["model=tiny-random", "data=wmdp", "eval=demo", f"output_root={tmp_path / 'out'}"]
+    precheck([*args, "train=false"])  # passes: no corpus is read
+    assert "WMDP bio forget corpus is gated" in precheck_error(monkeypatch, capsys, tmp_path, *args)

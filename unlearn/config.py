@@ -23,8 +23,8 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 @dataclass
 class TopicSpec:
     name: str
-    forget: CorpusSpec
-    retain: CorpusSpec
+    forget: CorpusSpec | None  # None only when nothing trains (train=false) and the path is unset
+    retain: CorpusSpec | None
     keywords: list[str]
 
 
@@ -86,7 +86,9 @@ def unlearn_layers(cfg: DictConfig, n_blocks: int) -> tuple[int, list[int]]:
     return layer, sorted(set(update))
 
 
-def topics(cfg: DictConfig) -> list[TopicSpec]:
+def topics(cfg: DictConfig, corpora_needed: bool = True) -> list[TopicSpec]:
+    """The data config's topics. `corpora_needed=False` (train=false: nothing trains) lets a corpus path stay
+    unset (the gated WMDP bio corpus): that side is then None, and only the topic's name and keywords are used."""
     found = []
     for name, topic in (cfg.data.topics or {}).items():
         if topic is None:  # a preset removed it (e.g. data=wmdp_cyber drops bio)
@@ -96,6 +98,9 @@ def topics(cfg: DictConfig) -> list[TopicSpec]:
             try:
                 fields = OmegaConf.to_container(topic[side], resolve=True, throw_on_missing=True)
             except (MissingMandatoryValue, InterpolationToMissingValueError):
+                if not corpora_needed:
+                    corpora[side] = None
+                    continue
                 raise UnlearnError(_missing_path_message(str(name), side)) from None
             try:
                 corpora[side] = CorpusSpec(**fields)
@@ -107,6 +112,8 @@ def topics(cfg: DictConfig) -> list[TopicSpec]:
         raise UnlearnError("data.topics is empty: choose a data preset (data=demo) or add a topic")
     for spec in found:
         for side, corpus in (("forget", spec.forget), ("retain", spec.retain)):
+            if corpus is None:
+                continue
             if is_local(corpus.path):
                 check_corpus_file(corpus.path, f"topic '{spec.name}': {side} corpus file")
             if isinstance(corpus.max_length, bool) or not isinstance(corpus.max_length, int) or corpus.max_length <= 0:

@@ -42,7 +42,7 @@ class Plan:
 def plan(cfg: DictConfig, overridden_method_keys: list[str] = ()) -> Plan:
     config.method_name_and_base(cfg)  # first: the method's defaults (steps, lr, ...) depend on it
     config.check_training(cfg)
-    topics = config.topics(cfg)
+    topics = config.topics(cfg, corpora_needed=cfg.train is not False)
     method = config.method(cfg, [t.name for t in topics], overridden_method_keys)
     device = config.device(cfg.device)
     dtype = config.dtype(cfg.dtype, device)
@@ -55,7 +55,7 @@ def plan(cfg: DictConfig, overridden_method_keys: list[str] = ()) -> Plan:
     eval_spec = _eval_spec(cfg)
     evaluate_only.check(cfg, eval_spec, topics, model_config)
     if eval_spec is not None:
-        attacks.check_attack_files(eval_spec, [corpus for t in topics for corpus in (t.forget, t.retain)])
+        attacks.check_attack_files(eval_spec, [c for t in topics for c in (t.forget, t.retain) if c is not None])
     return Plan(topics, method, layer, update_layers, device, dtype, eval_spec)
 
 

@@ -90,7 +90,7 @@ def run(cfg: DictConfig, p, run_dir: Path, manifest: rundir.Manifest, tracker, *
     evaluation = evaluate(model, tokenizer, [vectors[n] for n in names] if vectors else [], texts,
                           model_identity(cfg.model.name_or_path, seed=cfg.seed))
     results = {"before": None, "after": evaluation}
-    print(format_table(None, evaluation))
+    log.info("%s", format_table(None, evaluation))
     rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
     tracker.log_results(results)
     return results

@@ -10,6 +10,8 @@ the config, the manifest or the logged config.
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from unlearn.errors import UnlearnError
 
 MODES = ("auto", "online", "offline", "disabled")
+
+log = logging.getLogger(__name__)
 
 
 class NullTracker:
@@ -51,7 +55,7 @@ class WandbTracker:
             self.run.summary["status"] = status
             self.run.finish(exit_code=0 if status == "completed" else 1)
         except Exception as exc:  # the pipeline calls this in a finally: never hide the run's own error
-            print(f"warning: W&B could not close the run cleanly ({type(exc).__name__}: {exc})")
+            log.warning(f"warning: W&B could not close the run cleanly ({type(exc).__name__}: {exc})")
 
 
 def check_logger(cfg: DictConfig) -> None:
@@ -110,17 +114,17 @@ def start_wandb(*, project: str, entity: str | None, group: str | None, name: st
         run = init(mode)
     except Exception as exc:
         if mode != "online":
-            print(f"warning: W&B did not start ({type(exc).__name__}: {exc}); the run directory is the record")
+            log.warning(f"warning: W&B did not start ({type(exc).__name__}: {exc}); the run directory is the record")
             return NullTracker()
-        print(f"warning: W&B online did not start ({type(exc).__name__}: {exc}); logging offline instead")
+        log.warning(f"warning: W&B online did not start ({type(exc).__name__}: {exc}); logging offline instead")
         mode, hint = "offline", "W&B logging offline"
         try:
             run = init(mode)
         except Exception as retry_exc:
-            print(f"warning: W&B did not start ({type(retry_exc).__name__}); the run directory is the record")
+            log.warning(f"warning: W&B did not start ({type(retry_exc).__name__}); the run directory is the record")
             return NullTracker()
     if mode == "offline":
-        print(f"{hint}: upload later with `wandb sync {run.settings.sync_dir}`")
+        log.info(f"{hint}: upload later with `wandb sync {run.settings.sync_dir}`")
     return WandbTracker(run)
 
 

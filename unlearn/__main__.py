@@ -1,7 +1,8 @@
 """`python -m unlearn [overrides]`: check the arguments, then hand over to Hydra.
 
 The pre-check composes the config of every job exactly as Hydra will (every combination of a sweep) and runs
-every check that needs no weights on each, so a bad argument costs seconds and leaves nothing behind. Errors are one line on stderr and exit status 2.
+every check that needs no weights on each, so a bad argument costs seconds and leaves nothing behind. Errors
+are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations

@@ -8,17 +8,23 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.conftest import REPO
-from unlearn.__main__ import CONF_DIR
-from unlearn.sweep import already_completed, run_name
+from tests.test_cli import _start_and_wait_for_steps
+from unlearn.__main__ import CONF_DIR, config_loader, precheck
+from unlearn.errors import UnlearnError
+from unlearn.sweep import already_completed, job_outcomes, planned_jobs, record_job, run_name
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._+@%=,~-]+$")
 
@@ -64,13 +70,17 @@ def test_joblib_sweep_names_runs_and_resumes_only_unfinished_jobs(tmp_path, corp
             assert manifest(runs[name])["status"] == "completed" and manifest(runs[name])["layer"] == layer
     assert f"Sweep {sweep}: 4 completed, 0 skipped, 0 failed" in first.stdout
     assert not list(sweep.rglob("wandb")) and not list(sweep.rglob("model"))  # logger=none; no models in a sweep
+    (first_id,) = {manifest(run)["sweep_invocation"] for run in runs.values()}
     before = {name: record(run) for name, run in runs.items()}
 
     second = unlearn(*args)
     assert second.returncode == 0, second.stderr
     assert f"Sweep {sweep}: 0 completed, 4 skipped, 0 failed" in second.stdout
     assert second.stdout.count("Skipping ") == 4 and "Training" not in second.stdout
-    assert {name: record(run) for name, run in runs.items()} == before
+    assert {name: record(run) for name, run in runs.items()} == before  # a skip rewrites nothing of the run's
+    skipped = [json.loads(path.read_text()) for path in (sweep / ".invocations").glob("*/job-*.json")
+               if path.parent.name != first_id]
+    assert sorted(job["run"] for job in skipped) == sorted(runs) and {job["outcome"] for job in skipped} == {"skipped"}
 
     # A sweep killed mid-run leaves a "running" manifest (SIGKILL) or none (killed before the job wrote one).
     killed, never_recorded, *finished = sorted(runs)
@@ -83,29 +93,32 @@ def test_joblib_sweep_names_runs_and_resumes_only_unfinished_jobs(tmp_path, corp
     assert f"Sweep {sweep}: 2 completed, 2 skipped, 0 failed" in third.stdout
     assert f"Redoing {runs[killed]}: its previous attempt is running" in third.stdout
     for name in (killed, never_recorded):
-        assert manifest(runs[name])["status"] == "completed"
+        assert manifest(runs[name])["status"] == "completed" and manifest(runs[name])["sweep_invocation"] != first_id
         assert len((runs[name] / "metrics.jsonl").read_text().splitlines()) == 2  # rewritten, not appended
     assert {name: record(runs[name]) for name in finished} == {name: before[name] for name in finished}
 
 
 def test_failed_job_is_recorded_the_others_complete_and_the_sweep_exits_nonzero(tmp_path, corpus_files):
-    """A per-topic coefficient list of the wrong length passes the start-up check (it sees the first value of
-    each sweep only) and fails inside its job."""
+    """A batch too large for the 40-document corpus passes the start-up check (the corpora are read in the job)
+    and fails inside its job: Hydra records it as failed, runs the others, then exits non-zero."""
     sweep = tmp_path / "sweep"
-    done = unlearn(*sweep_args(sweep, corpus_files, "layer=3,7", "method.steering_coeff=5,[1,2]"))
+    done = unlearn(*sweep_args(sweep, corpus_files, "layer=3,7", "batch_size=2,21", "method.steering_coeff=5"))
     assert done.returncode == 1
     runs = run_dirs(sweep)
-    failed = sorted(name for name in runs if "steering_coeff=1+2~" in name)
+    failed = sorted(name for name in runs if "batch_size=21" in name)
     assert len(runs) == 4 and len(failed) == 2
     for name, run in runs.items():
         state = manifest(run)
         if name in failed:
-            assert state["status"] == "failed" and "method.steering_coeff has 2 values" in state["error"]
+            assert state["status"] == "failed" and "batch_size=21 needs 42" in state["error"]
         else:
             assert state["status"] == "completed" and (run / "results.json").exists()
     summary = [line for line in done.stdout.splitlines() if line.startswith(f"Sweep {sweep}:")]
     assert summary == [f"Sweep {sweep}: 2 completed, 0 skipped, 2 failed ({', '.join(failed)})"]
-    assert "hydra.sweep.dir=" in done.stderr  # how to redo the failed ones
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all("needs 42: lower steps or batch_size" in line for line in errors)
+    assert "Traceback" not in done.stderr and "hydra.sweep.dir=" in done.stderr  # how to redo the failed ones
+    assert len({manifest(run)["sweep_invocation"] for run in runs.values()}) == 1
 
     # The report of this real sweep: every job a row, the failed ones with their error; loss heatmaps (no eval).
     shown = unlearn(str(sweep), module="unlearn.report")
@@ -116,7 +129,7 @@ def test_failed_job_is_recorded_the_others_complete_and_the_sweep_exits_nonzero(
         name: "failed" if name in failed else "completed" for name in runs}
     for name, row in rows.items():
         if name in failed:
-            assert "method.steering_coeff has 2 values" in row["error"] and row["final_forget_loss"] == ""
+            assert "batch_size=21 needs 42" in row["error"] and row["final_forget_loss"] == ""
         else:
             assert row["steps_done"] == "2" and float(row["final_forget_loss"]) > 0 and row["coeff"] == "5"
     assert re.search(r"\| failed +\|", shown.stdout)  # the table's cells are padded to their column's width
@@ -143,6 +156,56 @@ def test_a_second_invocation_on_a_running_sweep_is_refused(tmp_path, corpus_file
     done = unlearn(*sweep_args(sweep, corpus_files, "layer=3,7"))  # released: the lock file left behind is inert
     assert done.returncode == 0, done.stderr
     assert len(run_dirs(sweep)) == 2
+
+
+def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_job(tmp_path, corpus_files):
+    """The start-up check composes every job of the sweep, not only the first: one line naming the job and its
+    swept values, exit 2, no sweep directory."""
+    sweep = tmp_path / "sweep"
+    refused = unlearn(*sweep_args(sweep, corpus_files, "layer=1,99"))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "error: job 2 of 2 of the sweep (layer=99): layer=99 is outside this model's blocks: choose 0..11"]
+    assert not sweep.exists()
+
+
+def test_submitit_sweep_completes_and_resumes(tmp_path, corpus_files):
+    """The SLURM launcher's code path (submitit, each job in its own process, run locally): the jobs see the
+    invocation's id, the summary counts them, and the same command skips them."""
+    sweep = tmp_path / "sweep"
+    args = sweep_args(sweep, corpus_files, "layer=3,7", "hydra/launcher=submitit_local")
+    first = unlearn(*args)
+    assert first.returncode == 0, first.stderr
+    runs = run_dirs(sweep)
+    assert len(runs) == 2 and {manifest(run)["status"] for run in runs.values()} == {"completed"}
+    assert len({manifest(run)["sweep_invocation"] for run in runs.values()}) == 1
+    assert f"Sweep {sweep}: 2 completed, 0 skipped, 0 failed" in first.stdout
+    again = unlearn(*args)
+    assert again.returncode == 0, again.stderr
+    assert f"Sweep {sweep}: 0 completed, 2 skipped, 0 failed" in again.stdout
+
+
+def test_submitit_sweep_with_a_failed_job_exits_nonzero(tmp_path, corpus_files):
+    sweep = tmp_path / "sweep"
+    done = unlearn(*sweep_args(sweep, corpus_files, "batch_size=21", "hydra/launcher=submitit_local"))
+    assert done.returncode == 1
+    (run,) = run_dirs(sweep).values()
+    assert manifest(run)["status"] == "failed" and "needs 42" in manifest(run)["error"]
+    assert f"Sweep {sweep}: 0 completed, 0 skipped, 1 failed ({run.name})" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_sigint_inherited_as_ignored_interrupts_a_sweep(tmp_path, corpus_files):
+    """A multirun started from a background job (SIGINT ignored) still ends its running job as interrupted on
+    SIGINT, exits 130, and prints the summary of what it did."""
+    sweep = tmp_path / "sweep"
+    process, run = _start_and_wait_for_steps(
+        sweep_args(sweep, corpus_files, "steps=100000", "data.cycle=true", "layer=3,5"), tmp_path, sigint_ignored=True)
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert manifest(run)["status"] == "interrupted" and len(run_dirs(sweep)) == 1  # the second job never started
+    assert f"Sweep {sweep}: 0 completed, 0 skipped, 1 failed ({run.name})" in stdout
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,3 +245,40 @@ def test_resume_compares_the_resolved_config_but_not_keys_that_dont_change_resul
     assert not already_completed(composed("layer=5", "lr=1e-3", "method.alpha=100"), run)
     (tmp_path / "manifest.json").write_text(json.dumps({"status": "interrupted"}))
     assert not already_completed(composed("layer=5", "lr=1e-3"), run)
+
+
+def test_a_sweep_is_checked_job_by_job_as_hydras_basic_sweeper_runs_it():
+    """Jobs in the basic sweeper's order: an experiment preset's hydra.sweeper.params first (its first key
+    varies slowest), then the command line's sweeps; a bad value in the preset's params is named."""
+    with config_loader() as loader:
+        master = loader.load_configuration("config", ["experiment=smollm2_rna_po_sweep", "model=tiny-random",
+                                                      "seed=range(1,3)"], run_mode=RunMode.MULTIRUN)
+        jobs, swept = planned_jobs(loader, master)
+    assert swept == ["method.nu", "method.base", "seed"] and len(jobs) == 16
+    assert [[o for o in job if o.partition("=")[0] in swept] for job in jobs[:3]] == [
+        ["method.nu=0", "method.base=npo", "seed=1"], ["method.nu=0", "method.base=npo", "seed=2"],
+        ["method.nu=0", "method.base=simnpo", "seed=1"]]
+    with pytest.raises(UnlearnError, match=r"^job 4 of 14 of the sweep \(method=rmu, layer=15\): layer=15 is outside"):
+        precheck(["experiment=smollm2_layer_sweep", "model=tiny-random", "eval=none"])
+    precheck(["model=tiny-random", "eval=none", "layer=range(0,12)"], multirun=True)  # every block is fine
+
+
+def test_outcomes_are_those_of_one_invocation_whatever_the_clocks_say(tmp_path):
+    """An earlier invocation's records and runs are not counted, even with file times from the future (another
+    node's clock); a run this invocation started but never saw end counts as failed."""
+    def job_dir(name: str, status: str, invocation: str) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"status": status, "sweep_invocation": invocation}))
+        future = time.time() + 3600
+        os.utime(tmp_path / name / "manifest.json", (future, future))
+        return tmp_path / name
+
+    old, new = "earlier", "this"
+    done, skipped, failed, killed = (job_dir("a", "completed", new), job_dir("b", "completed", old),
+                                     job_dir("c", "failed", new), job_dir("d", "running", new))
+    job_dir("e", "completed", old)  # not part of this invocation's sweep
+    record_job(tmp_path, old, 0, skipped, "completed")
+    record_job(tmp_path, new, 0, done, "completed")
+    record_job(tmp_path, new, 1, skipped, "skipped")
+    record_job(tmp_path, new, 2, failed, "failed")
+    assert job_outcomes(tmp_path, new) == {"completed": [done], "skipped": [skipped], "failed": [failed, killed]}

@@ -1,7 +1,8 @@
 """`python -m unlearn [overrides]`: check the arguments, then hand over to Hydra.
 
-The pre-check composes the config exactly as Hydra will and runs every check that needs no weights, so a bad
-argument costs a second and leaves nothing behind. Errors are one line on stderr and exit status 2.
+The pre-check composes the config of every job exactly as Hydra will (every combination of a sweep) and runs
+every check that needs no weights on each, so a bad argument costs seconds and leaves nothing behind. Errors
+are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from unlearn import sweep  # noqa: F401  (registers the resolver that names a multirun's run directories)
 from unlearn import schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
+from unlearn import sweep  # also registers the resolver that names a multirun's run directories
 from unlearn.errors import UnlearnError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -114,15 +115,87 @@ def _output_dir(cfg: DictConfig, overrides: list[str], multirun: bool) -> Path:
 
 
 def precheck(overrides: list[str], multirun: bool = False) -> None:
-    """Compose the config as Hydra will (first value of each sweep) and run the checks that need no weights."""
+    """Compose the config of every job Hydra will run (each combination of a sweep) exactly as Hydra will, and run
+    the checks that need no weights on each: a bad value in a sweep stops it before any job starts."""
     from unlearn.run import plan
     from unlearn.tracking import check_logger
 
-    with config_errors():
-        cfg = compose_first(overrides)
-        plan(cfg, method_keys(overrides))
-        check_logger(cfg)
-        check_writable(_output_dir(cfg, overrides, multirun))
+    with config_errors(), config_loader() as loader:
+        master = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN, from_shell=True,
+                                           validate_sweep_overrides=False)
+        multirun = multirun or master.hydra.mode == RunMode.MULTIRUN  # an experiment preset can ask for one
+        jobs, swept = sweep.planned_jobs(loader, master)
+        if not multirun and swept:
+            raise UnlearnError(f"{swept[0]} has several values, which only a sweep runs: add --multirun to run one "
+                               f"job per value (or write a list as {swept[0]}=[...])")
+        check_sweepable(swept)
+        compose_job = job_composer(loader, master, swept)
+        for number, job in enumerate(jobs, 1):
+            with job_named(number, len(jobs), [o for o in job if o.partition("=")[0] in swept]):
+                cfg = compose_job(job)
+                plan(cfg, method_keys(job))
+                check_logger(cfg)
+        check_writable(Path(master.hydra.sweep.dir if multirun else master.hydra.run.dir))
+
+
+def job_composer(loader, master: DictConfig, swept: list[str]):
+    """`compose(job_overrides)`: a job's config as the launcher composes it (`load_sweep_config`) and as the job
+    sees it (without `hydra`), composing Hydra's defaults (the slow part, ~0.5 s) once per choice of config
+    groups and other fixed overrides.
+
+    Hydra applies an override of a plain key (not a config group) to the config after composing the defaults;
+    so are the swept values of plain keys here, to a copy of the job's composed defaults."""
+    import copy
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import open_dict
+
+    parser = OverridesParser.create()
+    composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def is_late(override) -> bool:  # Hydra's own rule for a plain key (hydra/_internal/defaults_list.py)
+        plain = isinstance(override.value(), dict) or not loader.repository.group_exists(override.key_or_group)
+        return override.get_key_element() in swept and plain and not override.is_hydra_override()
+
+    def compose(job: list[str]) -> DictConfig:
+        parsed = parser.parse_overrides(job)
+        fixed = tuple(o.input_line for o in parsed if not is_late(o))
+        if fixed not in composed:
+            cfg = loader.load_sweep_config(master, list(fixed))
+            with open_dict(cfg):
+                del cfg["hydra"]  # as run_job hands it to the job
+            composed[fixed] = cfg
+        cfg = copy.deepcopy(composed[fixed])
+        ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if is_late(o)], cfg)
+        return cfg
+
+    return compose
+
+
+@contextmanager
+def config_loader():
+    """Hydra's config loader on conf/, as `python -m unlearn` uses it."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not CONF_DIR.is_dir():
+        raise UnlearnError(f"config directory {CONF_DIR} is missing: install unlearn from its repository with "
+                           "`pip install -e .`")
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        yield GlobalHydra.instance().config_loader()
+
+
+@contextmanager
+def job_named(number: int, total: int, swept_values: list[str]):
+    """A check of one job of a sweep fails naming the job and its swept values (a single run's, as it is)."""
+    try:
+        with config_errors():
+            yield
+    except UnlearnError as exc:
+        if total == 1:
+            raise
+        raise UnlearnError(f"job {number} of {total} of the sweep ({', '.join(swept_values)}): {exc}") from None
 
 
 def method_keys(overrides: list[str]) -> list[str]:
@@ -211,36 +284,45 @@ def _wrong_type(key: str, message: str) -> str:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> None:
-    from unlearn.sweep import already_completed
+def hydra_main(cfg: DictConfig) -> str:
+    """One job; returns what it did (`completed`, or in a sweep `skipped`), which the sweep's records keep.
 
+    In a sweep a failure is raised to Hydra, which records the job as failed, runs the others and then exits
+    non-zero; the job prints its own error first (one line, or a bug's traceback)."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     save_model = cfg.save_model if cfg.save_model is not None else not multirun
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if multirun and already_completed(cfg, run_dir):
+    if multirun and sweep.already_completed(cfg, run_dir):
         print(f"Skipping {run_dir}: already completed with this config (sweep.force=true redoes it)")
-        return
+        return sweep.SKIPPED
     from unlearn.run import run  # after the skip check: a skipped job (a fresh worker process) needs no torch
 
     try:
-        run(cfg, run_dir, save_model=bool(save_model), multirun=multirun)
+        run(cfg, run_dir, save_model=bool(save_model), multirun=multirun,
+            sweep_invocation=sweep.job_invocation() if multirun else None)
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if not multirun:  # in a sweep the job is recorded as failed and the others go on
+        if not multirun:
             sys.exit(1)
+        raise sweep.JobFailed(f"{run_dir} failed: its manifest.json has the error") from exc
     except KeyboardInterrupt:
         print(f"interrupted: the run directory {run_dir} keeps the metrics so far", file=sys.stderr)
         sys.exit(130)
-    except Exception:
+    except Exception as exc:
         if not multirun:
             raise
-        traceback.print_exc()  # a bug, not a bad config: the manifest says failed, the sweep goes on
+        traceback.print_exc()  # a bug, not a bad config: shown here, as Hydra reports only a sweep's first failure
+        raise sweep.JobFailed(f"{run_dir} failed: its manifest.json has the error") from exc
     print(f"Run directory: {run_dir}")
+    return sweep.COMPLETED
 
 
 def main() -> None:
-    cli(hydra_main, precheck)
+    try:
+        cli(hydra_main, precheck)
+    finally:
+        sweep.summarize_unfinished()  # a sweep that ended on a failed job or an interrupt still gets its summary
 
 
 def cli(entry, check) -> None:

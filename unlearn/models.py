@@ -394,20 +394,35 @@ def trained_parameters(model: nn.Module, update_layers: list[int], param_pattern
     return selected
 
 
+_skeletons: dict[tuple[str, bool], nn.Module | None] = {}  # (config as JSON, trust_remote_code) -> skeleton
+
+
+def _meta_skeleton(config, trust_remote_code: bool) -> nn.Module | None:
+    """The model built on the meta device (None when the architecture can't be), once per config: a sweep's
+    pre-check checks every job's layers and pattern on it, and building it is the slow part (a quarter of a
+    second even for the tiny model)."""
+    from transformers import AutoModelForCausalLM
+
+    key = (config.to_json_string(), trust_remote_code)
+    if key not in _skeletons:
+        try:
+            with torch.device("meta"):
+                _skeletons[key] = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        except Exception:
+            _skeletons[key] = None
+    return _skeletons[key]
+
+
 def check_model_layout(config, update_layers: list[int], param_pattern: str, trust_remote_code: bool = False,
                        needs_head: bool = False) -> None:
     """`trained_parameters` (and, for a method that reads logits, `output_head`) on a weightless copy of the model
     (meta device): a bad pattern or an unsupported layout fails before loading."""
-    from transformers import AutoModelForCausalLM
-
     try:
         re.compile(param_pattern)
     except re.error as exc:
         raise UnlearnError(f"param_pattern '{param_pattern}' is not a valid regular expression ({exc}): e.g. mlp.down_proj") from None
-    try:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    except Exception:  # an architecture that can't be built on meta: the check runs after loading instead
+    skeleton = _meta_skeleton(config, trust_remote_code)
+    if skeleton is None:  # an architecture that can't be built on meta: the check runs after loading instead
         return
     trained_parameters(skeleton, update_layers, param_pattern)
     if needs_head:

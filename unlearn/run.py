@@ -67,11 +67,14 @@ def _eval_spec(cfg: DictConfig):
     return spec
 
 
-def run(cfg: DictConfig, run_dir: Path, save_model: bool, multirun: bool = False) -> dict:
-    """Carry out one run in `run_dir`; returns results.json's content. The manifest records how it ended."""
+def run(cfg: DictConfig, run_dir: Path, save_model: bool, multirun: bool = False,
+        sweep_invocation: str | None = None) -> dict:
+    """Carry out one run in `run_dir`; returns results.json's content. The manifest records how it ended and,
+    in a sweep, the id of the invocation that ran it."""
     run_dir = Path(run_dir)
     rundir.write_text_atomic(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-    manifest = rundir.Manifest(run_dir, seed=cfg.seed, device=None, dtype=None, batch_size=cfg.batch_size)
+    manifest = rundir.Manifest(run_dir, seed=cfg.seed, device=None, dtype=None, batch_size=cfg.batch_size,
+                               sweep_invocation=sweep_invocation)
     metrics = rundir.MetricsLog(run_dir)
     tracker = NullTracker()
     with rundir.signals_interrupt():  # SIGTERM and SIGINT end the run as interrupted

@@ -1,9 +1,14 @@
-"""Sweep bookkeeping: each job's run-directory name, which jobs are already done, and the sweep's summary.
+"""Sweep bookkeeping: the jobs a sweep will run, each job's run-directory name, which jobs are already done,
+what each invocation did with them, and its summary.
 
 A multirun puts every job in `<hydra.sweep.dir>/<name from its overrides>`, e.g.
 `multirun/2026-11-22/10-00-00-123456/layer=5,method.steering_coeff=10`. Re-running the same command with the
 same `hydra.sweep.dir=` skips every job whose directory holds a completed run of the same resolved config, so
 a sweep killed halfway (even by SIGKILL) finishes on the next invocation without redoing finished jobs.
+
+Every invocation of a multirun gets an id; each run's manifest names the invocation that ran it, and every job
+Hydra sees end leaves a record under `<sweep dir>/.invocations/<id>/` saying whether it completed, was skipped
+or failed. The summary counts that invocation's records, so it needs no clock (nodes of a cluster disagree).
 
 Hydra resolves each job's directory name in the job's own process (a joblib worker, a SLURM node); the
 `SweepSummary` callback that `conf/config.yaml` installs is pickled into those processes along with Hydra's
@@ -14,12 +19,16 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import re
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -72,6 +81,25 @@ def _run_name_resolver(overrides, exclude_keys) -> str:
 
 
 OmegaConf.register_new_resolver(RUN_NAME_RESOLVER, _run_name_resolver, replace=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The jobs of a sweep
+
+def planned_jobs(config_loader, master: DictConfig) -> tuple[list[list[str]], list[str]]:
+    """Each job's overrides, in the order Hydra's basic sweeper launches them, and the swept keys.
+
+    As the sweeper does: `hydra.sweeper.params` (an experiment preset's) first, then the command line's
+    overrides (a key given in both takes the command line's values), every combination of the swept values
+    (`a=1,2`, `range(...)`, `choice(...)`, `glob(...)`). conf/ configures no other sweeper."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{key}={value}" for key, value in (master.hydra.sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create(config_loader=config_loader)
+    overrides = parser.parse_overrides([*params, *master.hydra.overrides.task])
+    swept = list(dict.fromkeys(o.get_key_element() for o in overrides if o.is_sweep_override()))
+    (jobs,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
+    return jobs, swept
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -156,30 +184,35 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(path for path in found if "wandb" not in path.relative_to(sweep_dir).parts)
 
 
-def job_outcomes(sweep_dir: Path) -> dict[str, list[Path]]:
-    """The jobs of the sweep's latest invocation by outcome: completed (ran now), skipped (completed before),
-    failed (anything else, with a failed, interrupted or "running" manifest, or none).
+def job_outcomes(sweep_dir: Path, invocation: str) -> dict[str, list[Path]]:
+    """The jobs of one invocation of the sweep by outcome: completed (run by it), skipped (completed before),
+    failed (anything else).
 
-    The latest invocation's jobs are those whose `.hydra/overrides.yaml` (which Hydra rewrites for every job it
-    launches) is not older than `multirun.yaml` (which Hydra rewrites before launching any); a completed job
-    whose manifest is older than that was skipped. Both times come from the same file system's clock.
-    """
+    Each job that Hydra saw end left a record under `.invocations/<invocation>/`; a job that started but never
+    ended (its process was interrupted or killed) left only a manifest naming the invocation, and counts as
+    failed. No clock is read: jobs of other invocations, earlier or still running on another node, are told
+    apart by the id alone."""
     sweep_dir = Path(sweep_dir)
-    marker = sweep_dir / "multirun.yaml"
-    started = marker.stat().st_mtime_ns if marker.exists() else None
-    outcomes: dict[str, list[Path]] = {"completed": [], "skipped": [], "failed": []}
+    outcomes: dict[str, set[Path]] = {"completed": set(), "skipped": set(), "failed": set()}
+    for record in (sweep_dir / INVOCATIONS_DIR / invocation).glob("job-*.json"):
+        job = rundir.read_json(record) or {}
+        if job.get("outcome") in outcomes:
+            outcomes[job["outcome"]].add(sweep_dir / job["run"])
+    recorded = set().union(*outcomes.values())
     for run_dir in find_run_dirs(sweep_dir):
-        job_record = run_dir / ".hydra" / "overrides.yaml"
-        if started is not None and job_record.exists() and job_record.stat().st_mtime_ns < started:
-            continue  # a job of an earlier invocation that this one did not ask for
         manifest = rundir.read_json(run_dir / rundir.MANIFEST) or {}
-        if manifest.get("status") != "completed":
-            outcomes["failed"].append(run_dir)
-        elif started is not None and (run_dir / rundir.MANIFEST).stat().st_mtime_ns < started:
-            outcomes["skipped"].append(run_dir)
-        else:
-            outcomes["completed"].append(run_dir)
-    return outcomes
+        if run_dir not in recorded and manifest.get("sweep_invocation") == invocation:
+            outcomes["failed"].add(run_dir)
+    return {outcome: sorted(runs) for outcome, runs in outcomes.items()}
+
+
+def record_job(sweep_dir: Path, invocation: str, job_num: int, run_dir: Path, outcome: str) -> None:
+    """Write what this invocation did with one job, in a file of its own: jobs on other processes or nodes
+    never write the same file, so no lock is needed on a shared file system."""
+    folder = Path(sweep_dir) / INVOCATIONS_DIR / invocation
+    folder.mkdir(parents=True, exist_ok=True)
+    run = os.path.relpath(run_dir, sweep_dir)
+    rundir.write_json_atomic(folder / f"job-{job_num}.json", {"run": run, "outcome": outcome})
 
 
 def summary_line(sweep_dir: Path, outcomes: dict[str, list[Path]]) -> str:
@@ -190,6 +223,8 @@ def summary_line(sweep_dir: Path, outcomes: dict[str, list[Path]]) -> str:
     return line
 
 
+COMPLETED, SKIPPED, FAILED = "completed", "skipped", "failed"  # what a job did, as its record says
+INVOCATIONS_DIR = ".invocations"  # <sweep dir>/.invocations/<id>/job-<n>.json: what each job of an invocation did
 LOCK_FILE = ".sweep.lock"
 _held_locks: dict[Path, Any] = {}  # sweep dir -> its open lock file (module state: the callback gets pickled)
 
@@ -217,21 +252,68 @@ def unlock_sweep(sweep_dir: Path) -> None:
         handle.close()
 
 
+class JobFailed(CompactHydraException):
+    """A sweep job's failure as Hydra reports it at the end of the sweep: one line, as the job has already printed
+    its error (or, for a bug, its traceback) where it happened and recorded it in its manifest."""
+
+
+def job_invocation() -> str | None:
+    """The id of the multirun invocation running the current job (None outside a multirun)."""
+    return _current_job["invocation"]
+
+
+_current_job: dict[str, str | None] = {"invocation": None}  # set in the job's own process by on_job_start
+_open_sweeps: dict[Path, str] = {}  # sweep dir -> the id of the invocation that started it and has not ended
+
+
+def print_summary(sweep_dir: Path, invocation: str) -> None:
+    outcomes = job_outcomes(sweep_dir, invocation)
+    print(summary_line(sweep_dir, outcomes), flush=True)
+    if outcomes["failed"]:
+        print(f"{len(outcomes['failed'])} job(s) failed: each one's error is in its manifest.json; rerun the "
+              f"same command with hydra.sweep.dir={sweep_dir} to redo only those", file=sys.stderr)
+
+
+def summarize_unfinished() -> None:
+    """Print the summary of a sweep whose on_multirun_end never came: Hydra's sweeper re-raises the first failed
+    job (after running the others) and skips it, and so does an interrupt. The exit status stays Hydra's."""
+    while _open_sweeps:
+        sweep_dir, invocation = _open_sweeps.popitem()
+        unlock_sweep(sweep_dir)
+        print_summary(sweep_dir, invocation)
+
+
 class SweepSummary(Callback):
-    """Hydra callback: locks the sweep directory and says how to resume it; at the end prints the one-line
-    summary and exits non-zero when a job failed (Hydra itself discards the jobs' outcomes and exits 0)."""
+    """Hydra callback: locks the sweep directory, gives this invocation an id and says how to resume it; records
+    what each job did under that id; at the end prints the one-line summary of this invocation's jobs.
+
+    The id lives on this object: Hydra pickles its callbacks with its context into every job's process (the
+    basic launcher's own, a joblib worker, a SLURM node), so each job sees it however it was launched."""
+
+    def __init__(self) -> None:
+        self.invocation: str | None = None  # set for a multirun only; single runs fire the job hooks too
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = config.hydra.sweep.dir
-        lock_sweep(Path(sweep_dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        lock_sweep(sweep_dir)
+        self.invocation = uuid.uuid4().hex
+        _open_sweeps[sweep_dir] = self.invocation
         print(f"Sweep directory: {sweep_dir} (to resume it, run the same command with hydra.sweep.dir={sweep_dir})")
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _current_job["invocation"] = self.invocation
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if self.invocation is None:
+            return
+        # A completed job returns what it did ("completed" or "skipped"); reading a failed one's return_value
+        # would re-raise its error.
+        outcome = job_return.return_value if job_return.status == JobStatus.COMPLETED else FAILED
+        record_job(Path(config.hydra.sweep.dir), self.invocation, config.hydra.job.num,
+                   Path(config.hydra.runtime.output_dir), outcome)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        _open_sweeps.pop(sweep_dir, None)
         unlock_sweep(sweep_dir)
-        outcomes = job_outcomes(sweep_dir)
-        print(summary_line(sweep_dir, outcomes), flush=True)
-        if outcomes["failed"]:
-            print(f"{len(outcomes['failed'])} job(s) failed: each one's error is in its manifest.json; rerun the "
-                  f"same command with hydra.sweep.dir={sweep_dir} to redo only those", file=sys.stderr)
-            raise SystemExit(1)
+        print_summary(sweep_dir, self.invocation)

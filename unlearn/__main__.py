@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import sys
 import traceback
@@ -23,6 +24,8 @@ from omegaconf import DictConfig
 from unlearn import schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
 from unlearn import sweep  # also registers the resolver that names a multirun's run directories
 from unlearn.errors import UnlearnError
+
+log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "method", "data", "eval", "logger", "experiment")
@@ -294,7 +297,7 @@ def hydra_main(cfg: DictConfig) -> str:
     save_model = cfg.save_model if cfg.save_model is not None else not multirun
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if multirun and sweep.already_completed(cfg, run_dir):
-        print(f"Skipping {run_dir}: already completed with this config (sweep.force=true redoes it)")
+        log.info(f"Skipping {run_dir}: already completed with this config (sweep.force=true redoes it)")
         return sweep.SKIPPED
     from unlearn.run import run  # after the skip check: a skipped job (a fresh worker process) needs no torch
 
@@ -314,7 +317,7 @@ def hydra_main(cfg: DictConfig) -> str:
             raise
         traceback.print_exc()  # a bug, not a bad config: shown here, as Hydra reports only a sweep's first failure
         raise sweep.JobFailed(f"{run_dir} failed: its manifest.json has the error") from exc
-    print(f"Run directory: {run_dir}")
+    log.info(f"Run directory: {run_dir}")
     return sweep.COMPLETED
 
 

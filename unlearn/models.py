@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from torch import nn
 
 from unlearn import hub
 from unlearn.errors import UnlearnError, first_line
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_PREFIX = "embedded://"
 TINY_PREFIX = "tiny://"
@@ -197,7 +200,7 @@ def _convert_gguf(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, gguf_file = _smollm2_gguf()
-    print(f"Converting the embedded {SMOLLM2} (once) into {target} ...", flush=True)
+    log.info("Converting the embedded %s (once) into %s ...", SMOLLM2, target)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     config = copy.deepcopy(quantized.config)

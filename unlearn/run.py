@@ -6,6 +6,7 @@ a second); `run(cfg, run_dir)` carries the plan out and leaves the run directory
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from unlearn.evaluation.cache import model_identity
 from unlearn.models import cache_root, check_model_layout, load_model, load_model_config, num_blocks, trained_parameters
 from unlearn.tracking import NullTracker, start_tracker
 from unlearn.train import TopicStreams, train
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -163,7 +166,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         _save_control_vectors(run_dir, streams, vectors, coefficients)
         manifest.update(steering_coeffs=coefficients, adaptive_norms=norms)
         described += f", coefficients {[round(c, 3) for c in coefficients]}"
-    print(f"Training {sum(w.numel() for w in params.values()):,} weights ({len(params)} tensors) "
+    log.info(f"Training {sum(w.numel() for w in params.values()):,} weights ({len(params)} tensors) "
           f"with {described} at layer {p.layer}")
     losses: list[dict] = []
     train(engine, method, streams, list(params.values()), steps=cfg.steps, lr=cfg.lr,
@@ -178,7 +181,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     }
     if p.eval_spec is not None:
         results["after"] = _evaluate(model, tokenizer, p, vectors, keywords, probe_texts, cache_key=None)
-        print(format_table(before, results["after"]))
+        log.info("%s", format_table(before, results["after"]))
     rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
     if save_model:
         rundir.save_model_atomic(model, tokenizer, run_dir / rundir.MODEL_DIR)
@@ -187,7 +190,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
             model, tokenizer, attack_spec, attack_texts, original_means, before=before, after=results["after"],
             trained_blocks=p.update_layers, unlearn_layer=p.layer,
             control_vectors={t.name: v.detach().cpu() for t, v in zip(p.topics, vectors)})
-        print(format_attacks(results["attacks"]))
+        log.info("%s", format_attacks(results["attacks"]))
         rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
     tracker.log_results(results)
     return results

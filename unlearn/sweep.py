@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -33,6 +34,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from unlearn import rundir
+
+log = logging.getLogger(__name__)
 
 RUN_NAME_RESOLVER = "unlearn.run_name"
 MAX_NAME_LENGTH = 200  # file names are capped at 255 bytes; longer names end in a hash of the full one
@@ -118,21 +121,21 @@ def already_completed(cfg: DictConfig, run_dir: Path) -> bool:
     if manifest is None:
         return False
     if manifest.get("status") != "completed":
-        print(f"Redoing {run_dir}: its previous attempt is {manifest.get('status')}")
+        log.info(f"Redoing {run_dir}: its previous attempt is {manifest.get('status')}")
         return False
     if cfg.sweep.force:
-        print(f"Redoing {run_dir}: sweep.force=true")
+        log.info(f"Redoing {run_dir}: sweep.force=true")
         return False
     ignore = list(cfg.sweep.ignore_keys)
     previous = _saved_config(run_dir / rundir.CONFIG)
     current = _without(OmegaConf.to_container(cfg, resolve=True), ignore)
     if previous is None:
-        print(f"Redoing {run_dir}: its config.yaml is missing or unreadable")
+        log.info(f"Redoing {run_dir}: its config.yaml is missing or unreadable")
         return False
     previous = _without(previous, ignore)
     if _canonical(previous) != _canonical(current):
         changed = sorted(set(_differences(previous, current)))
-        print(f"Redoing {run_dir}: its completed run had a different config ({', '.join(changed[:5])})")
+        log.info(f"Redoing {run_dir}: its completed run had a different config ({', '.join(changed[:5])})")
         return False
     return True
 

@@ -267,9 +267,9 @@ def _first_line(exc: Exception) -> str:
     return text
 
 
-def _unknown_key(key: str, schema: type | None) -> str:
+def _unknown_key(key: str, node_type: type | None) -> str:
     parent, _, name = key.rpartition(".")
-    keys = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+    keys = [f.name for f in dataclasses.fields(node_type)] if dataclasses.is_dataclass(node_type) else []
     close = difflib.get_close_matches(name, keys, n=1)
     hint = f"did you mean {'.'.join(filter(None, (parent, close[0])))}? " if close else ""
     where = f"a key of {parent}" if parent else "a config key"

@@ -246,26 +246,8 @@ def audit(cfg: DictConfig, run_dir: Path):
     run_dir = Path(run_dir)
     rundir.write_text_atomic(run_dir / rundir.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     manifest = rundir.Manifest(run_dir, command="audit", seed=cfg.seed, device=None, dtype=None)
-    with rundir.signals_interrupt():  # SIGTERM and SIGINT end the run as interrupted
-        status, error = "failed", None
-        try:
-            table = _pipeline(cfg, run_dir, manifest)
-            status = "completed"
-            return table
-        except KeyboardInterrupt:
-            status, error = "interrupted", "interrupted (SIGINT/SIGTERM)"
-            raise
-        except UnlearnError as exc:
-            error = str(exc)
-            raise
-        except torch.OutOfMemoryError:
-            error = "out of memory: lower audit.batch_size or max_length, or use dtype=bf16"
-            raise UnlearnError(error) from None
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            manifest.finish(status, error=error)
+    with rundir.outcome_recorded(manifest, "lower audit.batch_size or max_length, or use dtype=bf16"):
+        return _pipeline(cfg, run_dir, manifest)
 
 
 def _pipeline(cfg: DictConfig, run_dir: Path, manifest: rundir.Manifest):

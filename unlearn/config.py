@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-from unlearn.corpora import CorpusSpec, check_corpus_file, is_local, resolve_path
+from unlearn.corpora import CorpusSpec, check_corpus_file, is_local
 from unlearn.errors import UnlearnError
 from unlearn.methods import BASES, METHOD_KEYS, METHODS, PO_METHODS, RETAIN_LOSSES, MethodSpec
 

@@ -18,7 +18,6 @@ from unlearn import config, evaluate_only, exclusions, rundir
 from unlearn.config import TopicSpec
 from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, read_texts
 from unlearn.engine import FastEngine
-from unlearn.errors import UnlearnError
 from unlearn.methods import MethodSpec, build as build_method
 from unlearn.evaluation import EvalSpec, attacks, check_tasks, evaluate, format_attacks, format_table
 from unlearn.evaluation.cache import model_identity
@@ -80,29 +79,14 @@ def run(cfg: DictConfig, run_dir: Path, save_model: bool, multirun: bool = False
                                sweep_invocation=sweep_invocation)
     metrics = rundir.MetricsLog(run_dir)
     tracker = NullTracker()
-    with rundir.signals_interrupt():  # SIGTERM and SIGINT end the run as interrupted
-        status, error = "failed", None
-        try:
-            tracker = start_tracker(cfg, run_dir, multirun)
-            results = _pipeline(cfg, run_dir, save_model, manifest, metrics, tracker)
-            status = "completed"
-            return results
-        except KeyboardInterrupt:
-            status, error = "interrupted", "interrupted (SIGINT/SIGTERM)"
-            raise
-        except UnlearnError as exc:
-            error = str(exc)
-            raise
-        except torch.OutOfMemoryError:
-            error = "out of memory: lower batch_size or max_length, or use dtype=bf16"
-            raise UnlearnError(error) from None
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            metrics.close()
-            tracker.finish(status)
-            manifest.finish(status, error=error)
+
+    def close(status: str) -> None:
+        metrics.close()
+        tracker.finish(status)
+
+    with rundir.outcome_recorded(manifest, "lower batch_size or max_length, or use dtype=bf16", on_end=close):
+        tracker = start_tracker(cfg, run_dir, multirun)
+        return _pipeline(cfg, run_dir, save_model, manifest, metrics, tracker)
 
 
 def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir.Manifest,

@@ -145,6 +145,37 @@ def save_model_atomic(model, tokenizer, target: Path) -> None:
 
 
 @contextmanager
+def outcome_recorded(manifest: Manifest, out_of_memory_fix: str, on_end=lambda status: None):
+    """Inside runs a run or an audit; its manifest then says how it ended, however it ended: `completed`,
+    `interrupted` (SIGINT or SIGTERM, see signals_interrupt) or `failed` with the error. Out of memory is raised
+    again as an UnlearnError saying `out_of_memory_fix`. `on_end(status)` (closing logs, trackers) runs first."""
+    import torch
+
+    from unlearn.errors import UnlearnError
+
+    status, error = "failed", None
+    with signals_interrupt():
+        try:
+            yield
+            status = "completed"
+        except KeyboardInterrupt:
+            status, error = "interrupted", "interrupted (SIGINT/SIGTERM)"
+            raise
+        except UnlearnError as exc:
+            error = str(exc)
+            raise
+        except torch.OutOfMemoryError:
+            error = f"out of memory: {out_of_memory_fix}"
+            raise UnlearnError(error) from None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            on_end(status)
+            manifest.finish(status, error=error)
+
+
+@contextmanager
 def signals_interrupt():
     """Inside, SIGTERM and SIGINT raise KeyboardInterrupt, so a run ends as `interrupted`: SIGINT too, because a
     process started from a background job inherits it as ignored and Python then installs no handler of its own."""

@@ -212,12 +212,9 @@ def method_keys(overrides: list[str]) -> list[str]:
 
 def compose_first(overrides: list[str], config_name: str = "config") -> DictConfig:
     """The config Hydra will compose for the first job: the first value of each swept key."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if not CONF_DIR.is_dir():
-        raise UnlearnError(f"config directory {CONF_DIR} is missing: install unlearn from its repository with "
-                           "`pip install -e .`")
     parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
     check_sweepable([override.get_key_element() for override in parsed if override.is_sweep_override()])
     first = []
@@ -227,7 +224,7 @@ def compose_first(overrides: list[str], config_name: str = "config") -> DictConf
             first.append(f"{override.get_key_element()}={values[0]}")
         else:
             first.append(override.input_line)
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    with config_loader():
         return compose(config_name, overrides=first)
 
 

@@ -90,7 +90,7 @@ def summarize(
     """
     per_keyword = {}
     for keyword, topic in topics.items():
-        accuracy = _weighted([(perturbed[task][keyword]["acc"], clean[task]["n"]) for task in clean])
+        accuracy = weighted_mean([(perturbed[task][keyword]["acc"], clean[task]["n"]) for task in clean])
         per_keyword[keyword] = {"topic": topic, "perturbed": accuracy, "drop": None}
     per_task = {}
     for task, metrics in clean.items():
@@ -100,7 +100,7 @@ def summarize(
             "drop": metrics["acc"] - task_perturbed,
             "keywords": {k: perturbed[task][k]["acc"] for k in topics},
         }
-    clean_accuracy = _weighted([(m["acc"], m["n"]) for m in clean.values()])
+    clean_accuracy = weighted_mean([(m["acc"], m["n"]) for m in clean.values()])
     for entry in per_keyword.values():
         entry["drop"] = clean_accuracy - entry["perturbed"]
     perturbed_accuracy = sum(e["perturbed"] for e in per_keyword.values()) / len(per_keyword)
@@ -113,6 +113,7 @@ def summarize(
     }
 
 
-def _weighted(pairs: list[tuple[float, int]]) -> float:
+def weighted_mean(pairs: list[tuple[float, int]]) -> float:
+    """The mean of `(value, documents)` pairs weighted by their document counts."""
     total = sum(n for _, n in pairs)
     return sum(value * n for value, n in pairs) / total

@@ -234,7 +234,7 @@ def _size_weighted(tasks: dict[str, dict[str, Any]], leaves: list) -> dict[str, 
     metrics: dict[str, Any] = {}
     for metric in ("acc", "acc_norm"):
         if total and all(metric in member for member in members):
-            metrics[metric] = sum(member[metric] * member["n"] for member in members) / total
+            metrics[metric] = robustness.weighted_mean([(member[metric], member["n"]) for member in members])
             metrics[f"{metric}_stderr"] = None
     return {**metrics, "n": total}
 

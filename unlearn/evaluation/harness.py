@@ -41,8 +41,7 @@ def check_interfaces() -> None:
             simple_evaluate, "model", "tasks", "task_manager", "num_fewshot", "limit", "log_samples"),
         "HFLM(pretrained=<model object>, tokenizer=, batch_size=)": _accepts(
             HFLM, "pretrained", "tokenizer", "batch_size"),
-        "TaskManager.load or lm_eval.tasks.get_task_dict": hasattr(TaskManager, "load") or hasattr(
-            lm_eval.tasks, "get_task_dict"),
+        "TaskManager.load": hasattr(TaskManager, "load"),
     }
     moved = [name for name, present in wanted.items() if not present]
     if moved:

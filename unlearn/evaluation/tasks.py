@@ -1,7 +1,7 @@
 """Find and build lm-eval tasks through lm-eval's documented interface, and check task files before any model work.
 
 lm-eval is asked only through `TaskManager(include_path=..., include_defaults=...)`, its `all_*` name lists, and
-building tasks by name (`TaskManager.load`, or `get_task_dict` before lm-eval had it); a built task's own
+building tasks by name (`TaskManager.load`); a built task's own
 config (`task.config.to_dict`) is what the robustness tasks start from. Two things are checked here because
 lm-eval would not say them clearly:
 
@@ -19,7 +19,6 @@ import functools
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -175,26 +174,10 @@ def kind(name: str, manager: TaskManager) -> str:
 def build(manager: TaskManager, name: str) -> list:
     """The lm-eval Task objects that `name` (a task, group or tag) runs, in order; this loads their datasets."""
     try:
-        if hasattr(manager, "load"):  # lm-eval >= 0.4.10
-            return list(manager.load([name])["tasks"].values())
-        from lm_eval.tasks import get_task_dict
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return _leaves(get_task_dict([name], manager))
-    except UnlearnError:
-        raise
+        return list(manager.load([name])["tasks"].values())
     except Exception as exc:  # ConnectionError, FileNotFoundError, DatasetNotFoundError, a !function that fails
         raise UnlearnError(f"lm-eval task '{name}' could not load its dataset ({first_line(exc)}): "
                            f"{WHAT_INSTEAD}") from None
-
-
-def _leaves(nested: dict) -> list:
-    """get_task_dict's nested {group: {task: Task}} as a flat list of Tasks."""
-    found = []
-    for value in nested.values():
-        found += _leaves(value) if isinstance(value, dict) else [value]
-    return found
 
 
 def task_name(task) -> str:

@@ -247,6 +247,18 @@ def test_resume_compares_the_resolved_config_but_not_keys_that_dont_change_resul
     assert not already_completed(composed("layer=5", "lr=1e-3"), run)
 
 
+def test_resume_treats_a_whole_number_written_without_a_point_as_the_same_setting(tmp_path):
+    """Runs recorded before the schema typed method.beta wrote `beta: 5`; the schema now writes `5.0`."""
+    cfg = composed("method=adaptive_rmu")
+    old = OmegaConf.to_container(cfg, resolve=True)
+    old["method"]["beta"] = 5
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "completed"}))
+    assert "beta: 5\n" in (tmp_path / "config.yaml").read_text()
+    assert already_completed(cfg, tmp_path)
+    assert not already_completed(composed("method=adaptive_rmu", "method.beta=6"), tmp_path)
+
+
 def test_a_sweep_is_checked_job_by_job_as_hydras_basic_sweeper_runs_it():
     """Jobs in the basic sweeper's order: an experiment preset's hydra.sweeper.params first (its first key
     varies slowest), then the command line's sweeps; a bad value in the preset's params is named."""

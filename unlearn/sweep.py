@@ -161,8 +161,17 @@ def _without(config: dict, dotted_keys: list[str]) -> dict:
 
 
 def _canonical(config: dict) -> str:
-    # YAML text, not dict equality: a NaN in the config then compares equal to itself.
-    return OmegaConf.to_yaml(OmegaConf.create(config), sort_keys=True)
+    # YAML text, not dict equality: a NaN in the config then compares equal to itself. Whole numbers as floats:
+    # a float-typed key written `5` by an older run and `5.0` by the schema is the same setting.
+    return OmegaConf.to_yaml(OmegaConf.create(_ints_as_floats(config)), sort_keys=True)
+
+
+def _ints_as_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _ints_as_floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_ints_as_floats(item) for item in value]
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -228,8 +228,9 @@ def test_bad_relearn_files_are_refused_before_anything_starts(monkeypatch, capsy
     forget, _ = corpus_files
     base = [a.replace("eval=none", "eval=demo_attacks") for a in tiny_args(tmp_path, corpus_files)]
     missing = precheck_error(monkeypatch, capsys, tmp_path, *base, "eval.attack.relearn.path=/no/such/heldout.jsonl")
-    assert missing == ("error: eval.attack.relearn.path: /no/such/heldout.jsonl does not exist: point it at a JSONL "
-                       "or .txt file, or leave relearn out of eval.attacks")
+    assert missing == ("error: eval.attack.relearn.path: found nothing (no such file or directory) at "
+                       "/no/such/heldout.jsonl, expected a JSONL or .txt file: point it at one, or leave relearn out "
+                       "of eval.attacks")
     trained = precheck_error(monkeypatch, capsys, tmp_path, *base, f"eval.attack.relearn.path={forget}")
     assert f"eval.attack.relearn.path={forget} is one of the run's training corpora: relearning on trained-on " \
            "text is not an attack on held-out knowledge" in trained

@@ -12,6 +12,7 @@ batch. Shuffling, cycling and chunking are options, off by default.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,19 @@ def resolve_path(path: str) -> Path:
     return Path(path).expanduser()
 
 
+def describe(path: Path) -> str:
+    """What is at `path`, for a message: "found <this>, expected ..."."""
+    if not path.exists():
+        return "nothing (no such file or directory)"
+    if path.is_dir():
+        return "a directory" if os.access(path, os.R_OK | os.X_OK) else "a directory that cannot be read"
+    if not path.is_file():
+        return "something that is not a regular file"
+    if not os.access(path, os.R_OK):
+        return "a file that cannot be read (permission denied)"
+    return f"a {path.suffix} file" if path.suffix else "a file without an extension"
+
+
 def is_local(path: str) -> bool:
     """A file path (or bundled file) rather than a hub dataset id or a dataset directory (both: `datasets`)."""
     if resolve_path(path).is_dir():
@@ -66,19 +80,10 @@ CORPUS_KINDS = (".jsonl", ".json", ".txt")
 
 def check_corpus_file(path: str, what: str) -> None:
     """A local corpus path holds a readable .jsonl/.json/.txt file; else one line saying what is there instead."""
-    import os
-
     found = resolve_path(path)
     if found.is_file() and os.access(found, os.R_OK) and found.suffix in CORPUS_KINDS:
         return
-    if not found.exists():
-        there = "nothing (no such file or directory)"
-    elif not found.is_file():
-        there = "something that is not a regular file"
-    elif not os.access(found, os.R_OK):
-        there = "a file that cannot be read (permission denied)"
-    else:
-        there = f"a {found.suffix} file" if found.suffix else "a file without an extension"
+    there = describe(found)
     hint = ("check the path (data.forget_path / data.retain_path, or data.topics.<topic>.<side>.path)"
             if not found.exists() else "convert it, or point at a hub dataset id or a dataset directory instead")
     raise UnlearnError(f"{what} {found}: found {there}, expected a .jsonl or .json file (one JSON object per "

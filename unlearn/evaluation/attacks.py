@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unlearn.corpora import CorpusSpec, Topic, is_local, read_texts, resolve_path
+from unlearn.corpora import CorpusSpec, Topic, describe, is_local, read_texts, resolve_path
 from unlearn.errors import UnlearnError
 from unlearn.evaluation.harness import eval_mode
 from unlearn.evaluation.spec import AblateSpec, EvalSpec, RelearnSpec
@@ -76,9 +76,10 @@ def check_attack_files(spec: EvalSpec, training_corpora: list[CorpusSpec]) -> No
         if name not in ("relearn", "ablate"):
             continue
         settings = getattr(spec.attack, name)
-        if is_local(settings.path) and not resolve_path(settings.path).is_file():
-            raise UnlearnError(f"eval.attack.{name}.path: {settings.path} does not exist: point it at a JSONL or "
-                               f".txt file, or leave {name} out of eval.attacks")
+        found = resolve_path(settings.path)
+        if is_local(settings.path) and not found.is_file():
+            raise UnlearnError(f"eval.attack.{name}.path: found {describe(found)} at {settings.path}, expected a "
+                               f"JSONL or .txt file: point it at one, or leave {name} out of eval.attacks")
     if "relearn" not in spec.attacks:
         return
     relearn = _relearn_corpus(spec.attack.relearn)

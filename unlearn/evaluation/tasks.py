@@ -27,6 +27,7 @@ import yaml
 from lm_eval.tasks import TaskManager
 
 from unlearn import corpora
+from unlearn.corpora import describe
 from unlearn.errors import UnlearnError, first_line
 
 LOCAL_BUILDERS = {"json": (".json", ".jsonl"), "csv": (".csv",), "parquet": (".parquet",), "text": (),
@@ -40,17 +41,6 @@ WHAT_INSTEAD = (
 def resolve_path(path: str) -> Path:
     """An absolute path; `pkg://unlearn/x` is a path inside the installed package."""
     return corpora.resolve_path(path).resolve()
-
-
-def describe(path: Path) -> str:
-    """What is at `path`, for a message: "found <this>, expected ..."."""
-    if not path.exists():
-        return "nothing (no such file or directory)"
-    if path.is_dir():
-        return "a directory" if os.access(path, os.R_OK | os.X_OK) else "a directory that cannot be read"
-    if not os.access(path, os.R_OK):
-        return "a file that cannot be read (permission denied)"
-    return f"a {path.suffix} file" if path.suffix else "a file without an extension"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.conftest import REPO
 from tests.test_cli import _start_and_wait_for_steps
-from unlearn.__main__ import CONF_DIR, config_loader, precheck
+from unlearn.__main__ import CONF_DIR, config_loader, job_composer, precheck
 from unlearn.errors import UnlearnError
 from unlearn.sweep import already_completed, job_outcomes, planned_jobs, record_job, run_name
 
@@ -273,6 +273,78 @@ def test_a_sweep_is_checked_job_by_job_as_hydras_basic_sweeper_runs_it():
     with pytest.raises(UnlearnError, match=r"^job 4 of 14 of the sweep \(method=rmu, layer=15\): layer=15 is outside"):
         precheck(["experiment=smollm2_layer_sweep", "model=tiny-random", "eval=none"])
     precheck(["model=tiny-random", "eval=none", "layer=range(0,12)"], multirun=True)  # every block is fine
+
+
+# Hydra's own multirun on conf/ with a task that does nothing: Hydra records in each job's .hydra/ the overrides
+# and the config it handed the task, which is what the pre-check must have checked.
+HYDRA_JOBS_ONLY = """
+import hydra
+from unlearn.__main__ import CONF_DIR  # registers the config schemas and the run-name resolver
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def job(cfg):
+    pass
+
+job()
+"""
+
+
+def prechecked_configs(overrides: list[str]) -> list[tuple[list[str], str]]:
+    """Each job's overrides and config (YAML) as the pre-check composes and checks them."""
+    with config_loader() as loader:
+        master = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN,
+                                           validate_sweep_overrides=False)
+        jobs, swept = planned_jobs(loader, master)
+        compose_job = job_composer(loader, master, swept)
+        return [(job, OmegaConf.to_yaml(compose_job(job))) for job in jobs]
+
+
+def test_the_prechecked_config_of_every_job_is_the_one_hydra_hands_it(tmp_path):
+    """A sweep mixing a swept group choice, a plain key given both in an experiment preset's hydra.sweeper.params
+    and on the command line, the preset's other swept key, range(...) and a swept +new_key addition: the
+    pre-check's jobs are Hydra's jobs in Hydra's order, each with the very config Hydra handed it."""
+    sweep = tmp_path / "sweep"
+    overrides = ["experiment=smollm2_rna_po_sweep", "model=tiny-random", "method.nu=1", "eval=none,demo",
+                 "seed=range(1,3)", "+note=a,b"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", HYDRA_JOBS_ONLY, "--multirun", *overrides,
+                           f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    launched = {}
+    for record in sweep.glob("*/.hydra"):
+        number = OmegaConf.load(record / "hydra.yaml").hydra.job.num
+        launched[number] = (list(OmegaConf.load(record / "overrides.yaml")), (record / "config.yaml").read_text())
+    prechecked = prechecked_configs(overrides)
+    assert len(prechecked) == 16 and sorted(launched) == list(range(16))
+    assert [launched[number][0] for number in range(16)] == [job for job, _ in prechecked]
+    for number, (job, config) in enumerate(prechecked):
+        assert launched[number][1] == config, job
+    assert {"method.nu=1", "+note=b", "eval=demo", "seed=2"} <= set(prechecked[-1][0])
+
+
+def test_a_swept_key_that_another_override_also_sets_is_applied_in_hydras_order():
+    """Hydra applies plain-key overrides in command-line order, so a swept value applied after the rest would
+    be wrong here: the later `method={...}` and `++layer=...` win, as in the config Hydra composes."""
+    overrides = ["model=tiny-random", "method.steering_coeff=10,20", "method={steering_coeff:5}", "layer=3,5",
+                 "++layer=7", "seed=1,2"]
+    with config_loader() as loader:
+        master = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN,
+                                           validate_sweep_overrides=False)
+        jobs, swept = planned_jobs(loader, master)
+        compose_job = job_composer(loader, master, swept)
+        for job in jobs:
+            cfg = compose_job(job)
+            assert (cfg.method.steering_coeff, cfg.layer, cfg.seed) == (5, 7, int(job[-1][-1])), job
+
+
+def test_the_precheck_uses_only_hydras_public_interface():
+    """Private Hydra modules (hydra._internal, ...) move between releases: a sweep must not break on one."""
+    private = re.compile(r"\bhydra\._\w+|\.repository\b|_apply_overrides_to_config|split_arguments")
+    found = [f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+             for path in sorted((REPO / "unlearn").rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)]
+    assert not found, found
 
 
 def test_outcomes_are_those_of_one_invocation_whatever_the_clocks_say(tmp_path):

@@ -146,34 +146,74 @@ def job_composer(loader, master: DictConfig, swept: list[str]):
     sees it (without `hydra`), composing Hydra's defaults (the slow part, ~0.5 s) once per choice of config
     groups and other fixed overrides.
 
-    Hydra applies an override of a plain key (not a config group) to the config after composing the defaults;
-    so are the swept values of plain keys here, to a copy of the job's composed defaults."""
+    Hydra applies an override of a plain key (not a config group) to the config after composing the defaults,
+    in command-line order. A swept `key=value` of a plain key that no other override of the job touches is
+    applied here the same way (`OmegaConf.update`), to a copy of the job's composed defaults; any other override
+    (a group choice, `+`/`++`/`~`, a package, a key another override also sets) is composed by Hydra itself."""
     import copy
 
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
 
     parser = OverridesParser.create()
+    is_group = group_detector(loader, master)
     composed: dict[tuple[str, ...], DictConfig] = {}
 
-    def is_late(override) -> bool:  # Hydra's own rule for a plain key (hydra/_internal/defaults_list.py)
-        plain = isinstance(override.value(), dict) or not loader.repository.group_exists(override.key_or_group)
-        return override.get_key_element() in swept and plain and not override.is_hydra_override()
+    def compose_fully(overrides: tuple[str, ...]) -> DictConfig:
+        if overrides not in composed:
+            cfg = loader.load_sweep_config(master, list(overrides))
+            with open_dict(cfg):
+                del cfg["hydra"]  # as run_job hands it to the job
+            composed[overrides] = cfg
+        return composed[overrides]
 
     def compose(job: list[str]) -> DictConfig:
         parsed = parser.parse_overrides(job)
-        fixed = tuple(o.input_line for o in parsed if not is_late(o))
-        if fixed not in composed:
-            cfg = loader.load_sweep_config(master, list(fixed))
-            with open_dict(cfg):
-                del cfg["hydra"]  # as run_job hands it to the job
-            composed[fixed] = cfg
-        cfg = copy.deepcopy(composed[fixed])
-        ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if is_late(o)], cfg)
+        late = [o for o in parsed if o.get_key_element() in swept and is_plain_change(o, parsed, is_group)]
+        cfg = copy.deepcopy(compose_fully(tuple(o.input_line for o in parsed if o not in late)))
+        try:
+            for override in late:
+                OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)  # as Hydra applies it
+        except OmegaConfBaseException:
+            return copy.deepcopy(compose_fully(tuple(job)))  # raises the error in Hydra's words
         return cfg
 
     return compose
+
+
+def is_plain_change(override, job: list, is_group) -> bool:
+    """`key=value` of a key that is not a config group, which no other override of the job sets (so the order
+    Hydra applies them in cannot matter)."""
+    from hydra.core.override_parser.types import OverrideType
+
+    if override.type != OverrideType.CHANGE or override.package is not None or override.is_hydra_override():
+        return False
+    key = override.key_or_group
+    if is_group(key):
+        return False
+    # what Hydra applies after composing (its defaults list's Overrides): a dict value, or a key that is no group
+    others = [o.key_or_group for o in job
+              if o is not override and (isinstance(o.value(), dict) or not is_group(o.key_or_group))]
+    return not any(other == key or other.startswith(key + ".") or key.startswith(other + ".") for other in others)
+
+
+def group_detector(loader, master: DictConfig):
+    """`is_group(key)`: whether Hydra reads `key=...` as a config group choice (a folder of configs in its search
+    path, or a ConfigStore group), asked of the loader's public interface once per parent group."""
+    from hydra.core.object_type import ObjectType
+
+    groups: dict[str, list[str]] = {}
+
+    def is_group(key: str) -> bool:
+        parent, _, name = key.rpartition("/")
+        if parent not in groups:
+            groups[parent] = loader.get_group_options(parent, results_filter=ObjectType.GROUP,
+                                                      config_name=master.hydra.job.config_name,
+                                                      overrides=list(master.hydra.overrides.hydra))
+        return name in groups[parent]
+
+    return is_group
 
 
 @contextmanager

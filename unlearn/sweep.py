@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -28,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -93,16 +95,27 @@ def planned_jobs(config_loader, master: DictConfig) -> tuple[list[list[str]], li
     """Each job's overrides, in the order Hydra's basic sweeper launches them, and the swept keys.
 
     As the sweeper does: `hydra.sweeper.params` (an experiment preset's) first, then the command line's
-    overrides (a key given in both takes the command line's values), every combination of the swept values
-    (`a=1,2`, `range(...)`, `choice(...)`, `glob(...)`). conf/ configures no other sweeper."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
+    overrides; a key given in both keeps the preset's place and takes the command line's values; every
+    combination of the swept values (`a=1,2`, `range(...)`, `choice(...)`, `glob(...)`), the first key varying
+    slowest. conf/ configures no other sweeper."""
     params = [f"{key}={value}" for key, value in (master.hydra.sweeper.get("params") or {}).items()]
     parser = OverridesParser.create(config_loader=config_loader)
     overrides = parser.parse_overrides([*params, *master.hydra.overrides.task])
     swept = list(dict.fromkeys(o.get_key_element() for o in overrides if o.is_sweep_override()))
-    (jobs,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
-    return jobs, swept
+    values_by_key: dict[str, list[str]] = {}  # insertion-ordered: a key given again keeps its first place
+    for override in overrides:
+        values_by_key[override.get_key_element()] = _job_values(override)
+    return [list(job) for job in itertools.product(*values_by_key.values())], swept
+
+
+def _job_values(override: Override) -> list[str]:
+    """The `key=value` items one override gives the jobs: one per value of a sweep, else itself."""
+    key = override.get_key_element()
+    if not override.is_sweep_override():
+        return [f"{key}={override.get_value_element_as_str()}"]
+    if not override.is_discrete_sweep():  # interval(...) needs a sweeper that samples (Optuna, Nevergrad)
+        raise HydraException(f"BasicSweeper does not support sweep type : {override.value_type.name}")
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
 
 
 # ---------------------------------------------------------------------------------------------------------

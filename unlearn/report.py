@@ -77,33 +77,21 @@ def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     status = manifest.get("status", "not started")
     # A results.json next to an unfinished manifest belongs to an earlier attempt: leave it out.
     results = (rundir.read_json(run_dir / rundir.RESULTS) or {}) if status == "completed" else {}
-    method = config.get("method") or {}
+    method, versions = config.get("method") or {}, manifest.get("versions") or {}
     po, rna = _base(method) in PO_METHODS, method.get("name") == "rna"
     coeff_key, coeff = coefficient(config)
-    versions = manifest.get("versions") or {}
     return {
-        "run": str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else ".",
-        "status": status,
-        "method": method.get("name", manifest.get("method")),
-        "base": method.get("base") if rna else None,
+        "run": str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else ".", "status": status,
+        "method": method.get("name", manifest.get("method")), "base": method.get("base") if rna else None,
         "variant": variant(method) or manifest.get("method"),
-        "retain_loss": method.get("retain_loss") if po else None,
-        "beta": method.get("beta") if po else None,
+        "retain_loss": method.get("retain_loss") if po else None, "beta": method.get("beta") if po else None,
         "model": (config.get("model") or {}).get("name", manifest.get("model")),
-        "layer": config.get("layer", manifest.get("layer")),
-        "update_layers": _text(manifest.get("update_layers")),
-        "coeff_key": coeff_key,
-        "coeff": coeff,
-        "coeff_used": _text(manifest.get("steering_coeffs")),
-        "nu": method.get("nu") if rna else None,
-        "alpha": _text(method.get("alpha")),
-        "steps": config.get("steps"),
-        "lr": config.get("lr"),
-        "seed": config.get("seed"),
-        **_evaluation_columns(results),
-        **_attack_columns(results),
-        **_training_columns(run_dir, results),
-        "started": manifest.get("started"), "ended": manifest.get("ended"), "error": manifest.get("error"),
+        "layer": config.get("layer", manifest.get("layer")), "update_layers": _text(manifest.get("update_layers")),
+        "coeff_key": coeff_key, "coeff": coeff, "coeff_used": _text(manifest.get("steering_coeffs")),
+        "nu": method.get("nu") if rna else None, "alpha": _text(method.get("alpha")),
+        **{key: config.get(key) for key in ("steps", "lr", "seed")},
+        **_evaluation_columns(results), **_attack_columns(results), **_training_columns(run_dir, results),
+        **{key: manifest.get(key) for key in ("started", "ended", "error")},
         "git_sha": versions.get("unlearn_git_sha"),
         "versions": " ".join(f"{name}={version}" for name, version in versions.items()
                              if name != "unlearn_git_sha") or None,
@@ -138,12 +126,9 @@ def stored_accuracies(evaluation: dict) -> dict[str, float | None]:
 
 def _attack_columns(results: dict) -> dict[str, Any]:
     """Per attack: forget and retain accuracy after it and the recovered fraction, as the run stored them."""
-    columns: dict[str, Any] = {}
-    for name in ATTACKS:
-        entry = (results.get("attacks") or {}).get(name) or {}
-        columns.update({f"{name}_forget_acc": entry.get("forget_acc"), f"{name}_retain_acc": entry.get("retain_acc"),
-                        f"{name}_recovered": entry.get("recovered_fraction")})
-    return columns
+    stored = {"forget_acc": "forget_acc", "retain_acc": "retain_acc", "recovered": "recovered_fraction"}
+    return {f"{name}_{column}": ((results.get("attacks") or {}).get(name) or {}).get(key)
+            for name in ATTACKS for column, key in stored.items()}
 
 
 def _training_columns(run_dir: Path, results: dict) -> dict[str, Any]:
@@ -201,7 +186,7 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
 
 
 def _order(value: Any) -> tuple:
-    """Sorts numbers by value, before text (a per-topic `a/b`)."""
+    """Numbers by value, before text (a per-topic `a/b`)."""
     return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
 
 
@@ -233,7 +218,11 @@ def markdown(frame: pd.DataFrame, sweep_dir: Path) -> str:
     if any(f"{name}: forget % (recovered)" in table.columns for name in ATTACKS):
         lines += ["Attacks: forget accuracy after the attack, and in brackets the recovered fraction of the forget "
                   "gap, (attacked - after) / (before - after)."]
-    return "\n".join(lines + _versions(frame)) + "\n"
+    shas, packages = (sorted(frame[column].dropna().unique()) for column in ("git_sha", "versions"))
+    if shas or packages:  # what the runs ran: each distinct git sha and package set their manifests recorded
+        lines += ["", "Code: unlearn " + (", ".join(f"`{sha}`" for sha in shas) or "unknown"),
+                  *(f"Packages: `{versions}`" for versions in packages)]
+    return "\n".join(lines) + "\n"
 
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -244,7 +233,8 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
         "forget acc %": _arrow(frame, "forget_acc"), "retain acc %": _arrow(frame, "retain_acc"),
         "robust drop %": _arrow(frame, "robust_drop"),
         **{f"{name}: forget % (recovered)": _attack_cells(frame, name) for name in ATTACKS},
-        "forget loss": _cells(frame["final_forget_loss"], ".4g"), "retain loss": _cells(frame["final_retain_loss"], ".4g"),
+        "forget loss": _cells(frame["final_forget_loss"], ".4g"),
+        "retain loss": _cells(frame["final_retain_loss"], ".4g"),
         "step s": _cells(frame["median_step_time_s"], ".3g"), "error": _cells(frame["error"])})
     return table.loc[:, table.columns.isin(["run", "status"]) | table.ne("").any()]
 
@@ -273,15 +263,6 @@ def _attack_cells(frame: pd.DataFrame, name: str) -> pd.Series:
     return text.where(forget.notna(), "")
 
 
-def _versions(frame: pd.DataFrame) -> list[str]:
-    """What the runs ran: each distinct git sha and package set their manifests recorded."""
-    shas, packages = (sorted(frame[column].dropna().unique()) for column in ("git_sha", "versions"))
-    if not shas and not packages:
-        return []
-    return ["", "Code: unlearn " + (", ".join(f"`{sha}`" for sha in shas) or "unknown"),
-            *(f"Packages: `{versions}`" for versions in packages)]
-
-
 def short_labels(names: list[str]) -> tuple[list[str], str]:
     """Each run name without the `key=value` items every run shares; those shared items, joined."""
     items = [name.split(",") for name in names]
@@ -299,7 +280,6 @@ def _pyplot():
 
     matplotlib.use("Agg")  # files only: works on a headless node
     import matplotlib.pyplot as plt
-
     return plt
 
 
@@ -331,22 +311,16 @@ def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return written
 
 
-def _heatmap_cells(rows: pd.DataFrame, key: str, scale: float) -> pd.DataFrame:
-    """Per (layer, coefficient): mean and count of `key` over its completed runs, and the statuses of its runs."""
-    value = (scale * _numbers(rows[key])).where(rows["status"] == "completed")
-    return rows.assign(value=value).groupby(["layer", "coeff"], sort=False).agg(
-        mean=("value", "mean"), n=("value", "count"), status=("status", lambda s: "/".join(sorted(set(s)))))
-
-
 def _heatmap_figure(method: str, rows: pd.DataFrame, panels, path: Path) -> Path:
-    plt = _pyplot()
     layers, coeffs = (sorted(rows[key].unique(), key=_order) for key in ("layer", "coeff"))
-    coeff_key = next(iter(rows["coeff_key"].dropna()), "coefficient")
-    figure, axes = plt.subplots(1, len(panels), figsize=(1.2 + 1.1 * len(coeffs) * len(panels) + 2 * len(panels),
-                                                         1.6 + 0.5 * len(layers)), squeeze=False, layout="constrained")
+    figure, axes = _pyplot().subplots(1, len(panels), squeeze=False, layout="constrained", figsize=(
+        1.2 + 1.1 * len(coeffs) * len(panels) + 2 * len(panels), 1.6 + 0.5 * len(layers)))
     figure.suptitle(method)
     for axis, (key, title, scale) in zip(axes[0], panels):
-        cells = _heatmap_cells(rows, key, scale)
+        # per cell: mean and count over its completed runs, and the statuses of all its runs
+        value = (scale * _numbers(rows[key])).where(rows["status"] == "completed")
+        cells = rows.assign(value=value).groupby(["layer", "coeff"], sort=False).agg(
+            mean=("value", "mean"), n=("value", "count"), status=("status", lambda s: "/".join(sorted(set(s)))))
         grid = cells["mean"].unstack(sort=False).reindex(index=layers, columns=coeffs)  # (layers, coeffs)
         image = axis.imshow(grid.to_numpy(dtype=float), cmap="viridis", aspect="auto", origin="lower")
         figure.colorbar(image, ax=axis)
@@ -355,9 +329,9 @@ def _heatmap_figure(method: str, rows: pd.DataFrame, panels, path: Path) -> Path
             dark = n > 0 and image.norm(mean) < 0.6  # viridis is dark at the low end
             axis.text(coeffs.index(coeff), layers.index(layer), note, ha="center", va="center", fontsize=7,
                       color="white" if dark else "black")
-        axis.set_xticks(range(len(coeffs)), [str(c) for c in coeffs])
-        axis.set_yticks(range(len(layers)), [str(layer) for layer in layers])
-        axis.set(xlabel=f"method.{coeff_key}", ylabel="layer")
+        axis.set(xticks=range(len(coeffs)), xticklabels=map(str, coeffs), yticks=range(len(layers)),
+                 yticklabels=map(str, layers), ylabel="layer",
+                 xlabel=f"method.{next(iter(rows['coeff_key'].dropna()), 'coefficient')}")
         axis.set_title(title, fontsize=10)
     return _save(figure, path)
 
@@ -373,32 +347,28 @@ def plot_pareto(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     done = _completed(frame).dropna(subset=["forget_acc_after", "retain_acc_after"])
     if done.empty:
         return None
-    done = done.assign(forget=100 * _numbers(done["forget_acc_after"]), retain=100 * _numbers(done["retain_acc_after"]))
+    done = done.assign(forget=100 * _numbers(done["forget_acc_after"]),
+                       retain=100 * _numbers(done["retain_acc_after"]))
     front = done.iloc[pareto_front(list(zip(done["forget"], done["retain"])))].sort_values(["forget", "retain"])
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 5))
+    figure, axis = _pyplot().subplots(figsize=(7, 5))
     for method, mine in done.groupby(done["variant"].astype(str)):
         axis.scatter(mine["forget"], mine["retain"], label=method, alpha=0.8)
     axis.plot(front["forget"], front["retain"], "k--", lw=1, label="Pareto front")
     axis.scatter(front["forget"], front["retain"], s=120, facecolors="none", edgecolors="black")
-    for _, run in front.iterrows():
-        axis.annotate(_setting(run), (run["forget"], run["retain"]), fontsize=6, xytext=(4, 4),
-                      textcoords="offset points")
+    for run in front.itertuples():  # its swept settings, e.g. `rmu L7 steering_coeff=6.5`
+        setting = f"{run.variant} L{run.layer} {run.coeff_key}={run.coeff}" + (
+            f" nu={run.nu}" if run.nu is not None else "")
+        axis.annotate(setting, (run.forget, run.retain), fontsize=6, xytext=(4, 4), textcoords="offset points")
     base = done.dropna(subset=["forget_acc_before", "retain_acc_before"])
     if not base.empty:
         axis.scatter([100 * base["forget_acc_before"].iloc[0]], [100 * base["retain_acc_before"].iloc[0]], marker="*",
                      s=200, color="red", label="before unlearning")
-    axis.set(xlabel="forget accuracy after (%)  (lower is better)", ylabel="retain accuracy after (%)  (higher is better)",
+    axis.set(xlabel="forget accuracy after (%)  (lower is better)",
+             ylabel="retain accuracy after (%)  (higher is better)",
              title=f"forget vs retain: {len(done)} completed runs, {len(front)} on the Pareto front")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     return _save(figure, out_dir / "pareto.png")
-
-
-def _setting(row: pd.Series) -> str:
-    """A run's swept settings in a few characters, e.g. `rmu L7 steering_coeff=6.5`."""
-    text = f"{row['variant']} L{row['layer']} {row['coeff_key']}={row['coeff']}"
-    return text + (f" nu={row['nu']}" if row["nu"] is not None else "")
 
 
 RNA_LINE_EXTRAS = ("alpha", "lr", "steps")  # the RNA plot's lines: one per variant, layer, coefficient and these
@@ -413,22 +383,22 @@ def plot_rna(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     if rna.empty:
         return None
     rna = rna.assign(nu=_numbers(rna["nu"]))
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = _pyplot().subplots(figsize=(7, 4.5))
     line_keys = ["variant", "layer", "coeff", *RNA_LINE_EXTRAS]
     # Name a line by the settings that tell it apart from the others: plus alpha, lr or steps where swept.
     varying = [key for key in RNA_LINE_EXTRAS if rna[key].nunique(dropna=False) > 1]
     lines = rna.groupby(line_keys, dropna=False, sort=False)
     for _, mine in sorted(lines, key=lambda group: tuple(map(_order, group[1].iloc[0][line_keys]))):
         first = mine.iloc[0]
-        label = f"RNA over {first['variant'].removeprefix('rna/')}, layer {first['layer']}, {first['coeff_key']}={first['coeff']}"
-        mine.groupby("nu")["drop"].mean().plot(ax=axis, style="o-", label=label + "".join(
-            f", {key}={first[key]}" for key in varying))
+        label = (f"RNA over {first['variant'].removeprefix('rna/')}, layer {first['layer']}, "
+                 f"{first['coeff_key']}={first['coeff']}" + "".join(f", {key}={first[key]}" for key in varying))
+        mine.groupby("nu")["drop"].mean().plot(ax=axis, style="o-", label=label)
     styles = iter(("--", "-.", (0, (5, 1)), (0, (1, 1))))
     plain = done[done["method"] != "rna"].dropna(subset=["drop"]).groupby(done["variant"].astype(str))["drop"]
     for base in sorted({str(v).removeprefix("rna/") for v in rna["variant"]} & set(plain.groups)):
         drops = plain.get_group(base)
-        axis.axhline(drops.mean(), color="gray", ls=next(styles, "--"), label=f"{base} without RNA (mean of {len(drops)} runs)")
+        axis.axhline(drops.mean(), color="gray", ls=next(styles, "--"),
+                     label=f"{base} without RNA (mean of {len(drops)} runs)")
     before = rna["robust_drop_before"].dropna()
     if not before.empty:
         axis.axhline(100 * before.iloc[0], color="red", ls=":", label="before unlearning")
@@ -448,23 +418,18 @@ def plot_attacks(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     """Per method, one bar per attack: the mean recovered fraction of the forget gap over its completed runs,
     each run a dot on its bar. 0 = nothing came back, 1 = the base model's forget accuracy is back."""
     done = _completed(frame)
-    attacks = [name for name in ATTACKS if done[f"{name}_recovered"].notna().any()]
-    if not attacks:
+    runs = (done[[f"{name}_recovered" for name in ATTACKS]].apply(_numbers).set_axis(list(ATTACKS), axis=1)
+            .set_index(done["method"].astype(str)).dropna(axis=1, how="all").dropna(how="all"))  # (run, attack)
+    if runs.empty:
         return None
-    recovered = (done.assign(method=done["method"].astype(str))
-                 .melt(id_vars="method", value_vars=[f"{name}_recovered" for name in attacks], var_name="attack",
-                       value_name="recovered")
-                 .dropna(subset=["recovered"])
-                 .assign(attack=lambda f: f["attack"].str.removesuffix("_recovered"),
-                         recovered=lambda f: _numbers(f["recovered"])))
-    means = recovered.pivot_table(index="method", columns="attack", values="recovered", aggfunc="mean")[attacks]
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(1.5 + 1.2 * len(means) * len(attacks) / 2, 4.5))
-    means.plot.bar(ax=axis, width=0.8, alpha=0.8, rot=0, xlabel="")  # one group of bars per method
-    for name, bars in zip(attacks, axis.containers):
+    means = runs.groupby(level=0).mean()  # (method, attack), methods sorted
+    figure, axis = _pyplot().subplots(figsize=(1.5 + 0.6 * len(means) * len(means.columns), 4.5))
+    means.plot.bar(ax=axis, width=0.8, alpha=0.8, rot=0, xlabel="")  # a group of bars per method
+    for attack, bars in zip(means.columns, axis.containers):
         for method, bar in zip(means.index, bars):
-            runs = recovered[(recovered["method"] == method) & (recovered["attack"] == name)]["recovered"]
-            axis.scatter([bar.get_x() + bar.get_width() / 2] * len(runs), runs, color="black", s=10, zorder=3)
+            recovered = runs.loc[[method], attack].dropna()
+            axis.scatter([bar.get_x() + bar.get_width() / 2] * len(recovered), recovered, color="black", s=10,
+                         zorder=3)
     axis.axhline(0, color="gray", lw=0.8)
     axis.axhline(1, color="red", ls=":", lw=1, label="all of the forget gap")
     axis.set(ylabel="recovered fraction of the forget gap", title="knowledge recovered by each attack (dots: runs)")
@@ -488,11 +453,9 @@ def report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[str, list[Path
     text = markdown(frame, sweep_dir)
     rundir.write_text_atomic(out_dir / "report.csv", frame.to_csv(index=False, lineterminator="\n"))
     rundir.write_text_atomic(out_dir / "report.md", text)
-    written = [out_dir / "report.csv", out_dir / "report.md"]
-    written += plot_heatmaps(frame, out_dir)
-    written += [path for path in (plot_pareto(frame, out_dir), plot_rna(frame, out_dir),
-                                  plot_attacks(frame, out_dir)) if path]
-    return text, written
+    written = [out_dir / "report.csv", out_dir / "report.md", *plot_heatmaps(frame, out_dir)]
+    return text, written + [path for path in (plot_pareto(frame, out_dir), plot_rna(frame, out_dir),
+                                              plot_attacks(frame, out_dir)) if path]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,11 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="a multirun's directory, e.g. multirun/2026-11-22/10-00-00-123456")
     parser.add_argument("--output-dir", type=Path, default=None, help="where to write (default: the sweep directory)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a directory: give a sweep directory (hydra.sweep.dir of a multirun)",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
     try:
+        if not args.sweep_dir.is_dir():
+            raise ValueError(f"{args.sweep_dir} is not a directory: give a sweep directory (hydra.sweep.dir of a "
+                             "multirun)")
         text, written = report(args.sweep_dir, args.output_dir)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -26,9 +26,9 @@ to; only completed runs enter the plots. Safe to run on a sweep that is still go
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -43,13 +43,11 @@ from unlearn.accuracy import domain_accuracies
 EXIT_BAD_INPUT = 2
 LOSSES = ("loss", "forget_loss", "retain_loss")
 ATTACKS = ("relearn", "ablate", "fewshot")  # unlearn.evaluation.spec.ATTACKS (importing it would load lm-eval)
+PO_METHODS = ("npo", "simnpo")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Reading a run
-
-
-PO_METHODS = ("npo", "simnpo")
 
 
 def _base(method: dict) -> str | None:
@@ -59,8 +57,7 @@ def _base(method: dict) -> str | None:
 def coefficient(config: dict) -> tuple[str | None, Any]:
     """The setting a method's heatmap sweeps: ("steering_coeff", c), ("beta", beta) or, for PO methods, ("alpha", alpha)."""
     method = config.get("method") or {}
-    base = _base(method)
-    key = {"adaptive_rmu": "beta", "npo": "alpha", "simnpo": "alpha"}.get(base, "steering_coeff")
+    key = {"adaptive_rmu": "beta", "npo": "alpha", "simnpo": "alpha"}.get(_base(method), "steering_coeff")
     return (key, _text(method.get(key))) if key in method else (None, None)
 
 
@@ -80,61 +77,42 @@ def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     status = manifest.get("status", "not started")
     # A results.json next to an unfinished manifest belongs to an earlier attempt: leave it out.
     results = (rundir.read_json(run_dir / rundir.RESULTS) or {}) if status == "completed" else {}
-    method = config.get("method") or {}
+    method, versions = config.get("method") or {}, manifest.get("versions") or {}
+    po, rna = _base(method) in PO_METHODS, method.get("name") == "rna"
     coeff_key, coeff = coefficient(config)
-    row: dict[str, Any] = {
-        "run": str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else ".",
-        "status": status,
-        "method": method.get("name", manifest.get("method")),
-        "base": method.get("base") if method.get("name") == "rna" else None,
+    return {
+        "run": str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else ".", "status": status,
+        "method": method.get("name", manifest.get("method")), "base": method.get("base") if rna else None,
         "variant": variant(method) or manifest.get("method"),
-        "retain_loss": method.get("retain_loss") if _base(method) in PO_METHODS else None,
-        "beta": method.get("beta") if _base(method) in PO_METHODS else None,
+        "retain_loss": method.get("retain_loss") if po else None, "beta": method.get("beta") if po else None,
         "model": (config.get("model") or {}).get("name", manifest.get("model")),
-        "layer": config.get("layer", manifest.get("layer")),
-        "update_layers": _text(manifest.get("update_layers")),
-        "coeff_key": coeff_key,
-        "coeff": _text(coeff),
-        "coeff_used": _text(manifest.get("steering_coeffs")),
-        "nu": method.get("nu") if method.get("name") == "rna" else None,
-        "alpha": _text(method.get("alpha")),
-        "steps": config.get("steps"),
-        "lr": config.get("lr"),
-        "seed": config.get("seed"),
+        "layer": config.get("layer", manifest.get("layer")), "update_layers": _text(manifest.get("update_layers")),
+        "coeff_key": coeff_key, "coeff": coeff, "coeff_used": _text(manifest.get("steering_coeffs")),
+        "nu": method.get("nu") if rna else None, "alpha": _text(method.get("alpha")),
+        **{key: config.get(key) for key in ("steps", "lr", "seed")},
+        **_evaluation_columns(results), **_attack_columns(results), **_training_columns(run_dir, results),
+        **{key: manifest.get(key) for key in ("started", "ended", "error")},
+        "git_sha": versions.get("unlearn_git_sha"),
+        "versions": " ".join(f"{name}={version}" for name, version in versions.items()
+                             if name != "unlearn_git_sha") or None,
     }
-    row.update(_evaluation_columns(results))
-    row.update(_attack_columns(results))
-    row.update(_training_columns(run_dir, results))
-    row.update({"started": manifest.get("started"), "ended": manifest.get("ended"), "error": manifest.get("error")})
-    row.update(_version_columns(manifest.get("versions") or {}))
-    return row
-
-
-def _version_columns(versions: dict[str, str]) -> dict[str, Any]:
-    """The code and packages the run ran with, as its manifest recorded them."""
-    packages = {name: version for name, version in versions.items() if name != "unlearn_git_sha"}
-    return {"git_sha": versions.get("unlearn_git_sha"),
-            "versions": " ".join(f"{name}={version}" for name, version in packages.items()) or None}
 
 
 def _evaluation_columns(results: dict) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for section in ("before", "after"):
         evaluation = results.get(section) or {}
-        for domain in ("forget", "retain"):
-            columns[f"{domain}_acc_{section}"] = stored_accuracies(evaluation)[f"{domain}_acc"]
+        columns.update({f"{key}_{section}": value for key, value in stored_accuracies(evaluation).items()})
         robustness = evaluation.get("robustness") or {}
-        for what in ("clean", "perturbed", "drop"):
-            columns[f"robust_{what}_{section}"] = robustness.get(what)
-        probes = evaluation.get("probes") or {}
+        columns.update({f"robust_{what}_{section}": robustness.get(what) for what in ("clean", "perturbed", "drop")})
         for text_set in ("forget", "retain"):
-            stats = probes.get(text_set) or {}
+            stats = (evaluation.get("probes") or {}).get(text_set) or {}
             cosines = [c for c in (stats.get("cosine") or {}).values() if isinstance(c, (int, float))]
             columns[f"probe_{text_set}_norm_{section}"] = stats.get("mean_norm")
             columns[f"probe_{text_set}_cos_{section}"] = statistics.fmean(cosines) if cosines else None
             columns[f"probe_{text_set}_confidence_{section}"] = stats.get("confidence")
-        for task, metrics in (evaluation.get("tasks") or {}).items():
-            columns[f"acc_{section}/{task}"] = metrics.get("acc")
+        columns.update({f"acc_{section}/{task}": metrics.get("acc")
+                        for task, metrics in (evaluation.get("tasks") or {}).items()})
     return columns
 
 
@@ -148,33 +126,24 @@ def stored_accuracies(evaluation: dict) -> dict[str, float | None]:
 
 def _attack_columns(results: dict) -> dict[str, Any]:
     """Per attack: forget and retain accuracy after it and the recovered fraction, as the run stored them."""
-    columns: dict[str, Any] = {}
-    for name in ATTACKS:
-        entry = (results.get("attacks") or {}).get(name) or {}
-        for key in ("forget_acc", "retain_acc"):
-            columns[f"{name}_{key}"] = entry.get(key)
-        columns[f"{name}_recovered"] = entry.get("recovered_fraction")
-    return columns
+    stored = {"forget_acc": "forget_acc", "retain_acc": "retain_acc", "recovered": "recovered_fraction"}
+    return {f"{name}_{column}": ((results.get("attacks") or {}).get(name) or {}).get(key)
+            for name in ATTACKS for column, key in stored.items()}
 
 
 def _training_columns(run_dir: Path, results: dict) -> dict[str, Any]:
-    """Last losses and median step time: from results.json when the run completed, else from metrics.jsonl."""
-    records = _read_metrics(run_dir / rundir.METRICS)
-    columns: dict[str, Any] = {"steps_done": len(records)}
+    """Last losses (mean over topics) and median step time: from results.json when the run completed, else from
+    metrics.jsonl."""
+    records = pd.DataFrame(_read_metrics(run_dir / rundir.METRICS), columns=["topic", *LOSSES, "step_time_s"])
     training = results.get("training") or {}
-    topics = training.get("topics") or {}
-    lasts = [topic["last"] for topic in topics.values() if topic.get("last")]
-    if lasts:
-        for key in LOSSES:
-            columns[f"final_{key}"] = statistics.fmean(last[key] for last in lasts)
-    else:
-        last_per_topic = {record.get("topic"): record for record in records}
-        for key in LOSSES:
-            values = [r[key] for r in last_per_topic.values() if isinstance(r.get(key), (int, float))]
-            columns[f"final_{key}"] = statistics.fmean(values) if values else None
-    times = sorted(r["step_time_s"] for r in records if isinstance(r.get("step_time_s"), (int, float)))
-    columns["median_step_time_s"] = training.get("median_step_time_s") or (times[len(times) // 2] if times else None)
-    return columns
+    lasts = pd.DataFrame([topic["last"] for topic in (training.get("topics") or {}).values() if topic.get("last")],
+                         columns=list(LOSSES))
+    if lasts.empty:
+        lasts = records.groupby("topic", dropna=False).tail(1)
+    # the upper median, as unlearn.run computes it for a run that completed
+    step_time = _numbers(records["step_time_s"]).quantile(0.5, interpolation="higher")
+    return {"steps_done": len(records), **{f"final_{key}": float(_numbers(lasts[key]).mean()) for key in LOSSES},
+            "median_step_time_s": training.get("median_step_time_s") or float(step_time)}
 
 
 def _read_yaml(path: Path) -> dict | None:
@@ -187,16 +156,11 @@ def _read_yaml(path: Path) -> dict | None:
 
 def _read_metrics(path: Path) -> list[dict]:
     """metrics.jsonl, without a last line cut short by a run still writing or killed."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    records: list[dict] = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
     return records
 
 
@@ -222,6 +186,7 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
 
 
 def _order(value: Any) -> tuple:
+    """Numbers by value, before text (a per-topic `a/b`)."""
     return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
 
 
@@ -237,16 +202,6 @@ def _numbers(column: pd.Series) -> pd.Series:
 # Tables
 
 
-MARKDOWN_COLUMNS = [  # (header, key, format)
-    ("run", "label", "s"), ("status", "status", "s"), ("method", "variant", "s"), ("layer", "layer", "s"),
-    ("coeff", "coeff", "g"), ("nu", "nu", "g"), ("forget acc %", "forget_acc", "arrow"),
-    ("retain acc %", "retain_acc", "arrow"), ("robust drop %", "robust_drop", "arrow"),
-    *((f"{name}: forget % (recovered)", name, "attack") for name in ATTACKS),
-    ("forget loss", "final_forget_loss", ".4g"), ("retain loss", "final_retain_loss", ".4g"),
-    ("step s", "median_step_time_s", ".3g"), ("error", "error", "s"),
-]
-
-
 def markdown(frame: pd.DataFrame, sweep_dir: Path) -> str:
     """A Markdown table; run names show only the overrides that differ between runs. Then the code and package
     versions the runs recorded."""
@@ -255,9 +210,7 @@ def markdown(frame: pd.DataFrame, sweep_dir: Path) -> str:
     lines = [f"# Sweep {sweep_dir}", "", f"{len(frame)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items())]
     if common:
         lines.append(f"Common to every run: `{common}`")
-    records = frame.assign(label=labels).to_dict("records")
-    table = pd.DataFrame({header: [_cell(row, key, fmt) for row in records] for header, key, fmt in MARKDOWN_COLUMNS})
-    table = table[[header for header in table.columns if header in ("run", "status") or table[header].ne("").any()]]
+    table = _table(frame.assign(run=labels))
     lines += ["", table.to_markdown(index=False, disable_numparse=True)]  # cells are formatted strings already
     if "forget acc %" in table.columns:
         lines += ["", "Accuracies in percent, before -> after unlearning; robustness drop = clean minus "
@@ -265,16 +218,49 @@ def markdown(frame: pd.DataFrame, sweep_dir: Path) -> str:
     if any(f"{name}: forget % (recovered)" in table.columns for name in ATTACKS):
         lines += ["Attacks: forget accuracy after the attack, and in brackets the recovered fraction of the forget "
                   "gap, (attacked - after) / (before - after)."]
-    return "\n".join(lines + _versions(frame)) + "\n"
-
-
-def _versions(frame: pd.DataFrame) -> list[str]:
-    """What the runs ran: each distinct git sha and package set their manifests recorded."""
     shas, packages = (sorted(frame[column].dropna().unique()) for column in ("git_sha", "versions"))
-    if not shas and not packages:
-        return []
-    return ["", "Code: unlearn " + (", ".join(f"`{sha}`" for sha in shas) or "unknown"),
-            *(f"Packages: `{versions}`" for versions in packages)]
+    if shas or packages:  # what the runs ran: each distinct git sha and package set their manifests recorded
+        lines += ["", "Code: unlearn " + (", ".join(f"`{sha}`" for sha in shas) or "unknown"),
+                  *(f"Packages: `{versions}`" for versions in packages)]
+    return "\n".join(lines) + "\n"
+
+
+def _table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table's columns as text; a column that no run fills is left out (run and status never are)."""
+    table = pd.DataFrame({
+        "run": _cells(frame["run"]), "status": _cells(frame["status"]), "method": _cells(frame["variant"]),
+        "layer": _cells(frame["layer"]), "coeff": _cells(frame["coeff"], "g"), "nu": _cells(frame["nu"], "g"),
+        "forget acc %": _arrow(frame, "forget_acc"), "retain acc %": _arrow(frame, "retain_acc"),
+        "robust drop %": _arrow(frame, "robust_drop"),
+        **{f"{name}: forget % (recovered)": _attack_cells(frame, name) for name in ATTACKS},
+        "forget loss": _cells(frame["final_forget_loss"], ".4g"),
+        "retain loss": _cells(frame["final_retain_loss"], ".4g"),
+        "step s": _cells(frame["median_step_time_s"], ".3g"), "error": _cells(frame["error"])})
+    return table.loc[:, table.columns.isin(["run", "status"]) | table.ne("").any()]
+
+
+def _cells(column: pd.Series, spec: str = "") -> pd.Series:
+    """Numbers formatted by `spec`, anything else as text on one line without `|` (it would split the cell)."""
+    text = column.map(lambda v: "" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v))
+    return text.str.replace("|", "/").str.replace("\n", " ").str[:120]
+
+
+def _percent(column: pd.Series) -> pd.Series:
+    return column.map(lambda v: "-" if v is None else f"{100 * v:.1f}")
+
+
+def _arrow(frame: pd.DataFrame, key: str) -> pd.Series:
+    """`before -> after` in percent; the after value alone for a run not evaluated before unlearning."""
+    before, after = frame[f"{key}_before"], frame[f"{key}_after"]
+    text = (_percent(before) + " -> ").where(before.notna(), "") + _percent(after)
+    return text.where(before.notna() | after.notna(), "")
+
+
+def _attack_cells(frame: pd.DataFrame, name: str) -> pd.Series:
+    """Forget accuracy after the attack in percent, and the recovered fraction in brackets."""
+    forget, recovered = frame[f"{name}_forget_acc"], frame[f"{name}_recovered"]
+    text = _percent(forget) + recovered.map(lambda v: "" if v is None else f" ({v:.0%})")
+    return text.where(forget.notna(), "")
 
 
 def short_labels(names: list[str]) -> tuple[list[str], str]:
@@ -283,29 +269,6 @@ def short_labels(names: list[str]) -> tuple[list[str], str]:
     shared = set.intersection(*(set(i) for i in items)) if len(items) > 1 else set()
     labels = [",".join(i for i in parts if i not in shared) or name for parts, name in zip(items, names)]
     return labels, ",".join(i for i in items[0] if i in shared) if items else ""
-
-
-def _cell(row: dict, key: str, fmt: str) -> str:
-    if fmt == "arrow":
-        before, after = row.get(f"{key}_before"), row.get(f"{key}_after")
-        if before is None and after is None:
-            return ""
-        return f"{_percent(before)} -> {_percent(after)}" if before is not None else _percent(after)
-    if fmt == "attack":
-        forget, recovered = row.get(f"{key}_forget_acc"), row.get(f"{key}_recovered")
-        if forget is None:
-            return ""
-        return _percent(forget) + (f" ({recovered:.0%})" if recovered is not None else "")
-    value = row.get(key)
-    if value is None or value == "":
-        return ""
-    if fmt == "s" or not isinstance(value, (int, float)):
-        return str(value).replace("|", "/").replace("\n", " ")[:120]
-    return f"{value:{fmt}}"
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -317,7 +280,6 @@ def _pyplot():
 
     matplotlib.use("Agg")  # files only: works on a headless node
     import matplotlib.pyplot as plt
-
     return plt
 
 
@@ -349,40 +311,27 @@ def plot_heatmaps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return written
 
 
-def _cell_grid(rows: pd.DataFrame, key: str, scale: float, layers: list, coeffs: list) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(mean, count) of `key` over the completed runs of each layer x coefficient cell."""
-    values = _completed(rows).assign(value=lambda f: scale * _numbers(f[key])).dropna(subset=["value"])
-    if values.empty:
-        empty = pd.DataFrame(math.nan, index=layers, columns=coeffs)
-        return empty, empty.fillna(0)
-    grid = values.pivot_table(index="layer", columns="coeff", values="value", aggfunc=["mean", "count"], sort=False)
-    return (grid["mean"].reindex(index=layers, columns=coeffs),
-            grid["count"].reindex(index=layers, columns=coeffs).fillna(0))
-
-
 def _heatmap_figure(method: str, rows: pd.DataFrame, panels, path: Path) -> Path:
-    plt = _pyplot()
-    layers = sorted(rows["layer"].unique(), key=_order)
-    coeffs = sorted(rows["coeff"].unique(), key=_order)
-    coeff_key = next(iter(rows["coeff_key"].dropna()), "coefficient")
-    statuses = rows.groupby(["layer", "coeff"], sort=False)["status"].agg(lambda s: "/".join(sorted(set(s))))
-    figure, axes = plt.subplots(1, len(panels), figsize=(1.2 + 1.1 * len(coeffs) * len(panels) + 2 * len(panels),
-                                                         1.6 + 0.5 * len(layers)), squeeze=False, layout="constrained")
+    layers, coeffs = (sorted(rows[key].unique(), key=_order) for key in ("layer", "coeff"))
+    figure, axes = _pyplot().subplots(1, len(panels), squeeze=False, layout="constrained", figsize=(
+        1.2 + 1.1 * len(coeffs) * len(panels) + 2 * len(panels), 1.6 + 0.5 * len(layers)))
     figure.suptitle(method)
     for axis, (key, title, scale) in zip(axes[0], panels):
-        means, counts = _cell_grid(rows, key, scale, layers, coeffs)
-        image = axis.imshow(means.to_numpy(dtype=float), cmap="viridis", aspect="auto", origin="lower")
+        # per cell: mean and count over its completed runs, and the statuses of all its runs
+        value = (scale * _numbers(rows[key])).where(rows["status"] == "completed")
+        cells = rows.assign(value=value).groupby(["layer", "coeff"], sort=False).agg(
+            mean=("value", "mean"), n=("value", "count"), status=("status", lambda s: "/".join(sorted(set(s)))))
+        grid = cells["mean"].unstack(sort=False).reindex(index=layers, columns=coeffs)  # (layers, coeffs)
+        image = axis.imshow(grid.to_numpy(dtype=float), cmap="viridis", aspect="auto", origin="lower")
         figure.colorbar(image, ax=axis)
-        for i, layer in enumerate(layers):
-            for j, coeff in enumerate(coeffs):
-                value, n = means.iloc[i, j], int(counts.iloc[i, j])
-                note = (f"{value:.3g}" + (f"\n(n={n})" if n > 1 else "")) if n else statuses.get((layer, coeff), "")
-                dark = n > 0 and image.norm(value) < 0.6  # viridis is dark at the low end
-                axis.text(j, i, note, ha="center", va="center", fontsize=7, color="white" if dark else "black")
-        axis.set_xticks(range(len(coeffs)), [str(c) for c in coeffs])
-        axis.set_yticks(range(len(layers)), [str(layer) for layer in layers])
-        axis.set_xlabel(f"method.{coeff_key}")
-        axis.set_ylabel("layer")
+        for (layer, coeff), mean, n, status in cells.itertuples():
+            note = (f"{mean:.3g}" + (f"\n(n={n})" if n > 1 else "")) if n else status
+            dark = n > 0 and image.norm(mean) < 0.6  # viridis is dark at the low end
+            axis.text(coeffs.index(coeff), layers.index(layer), note, ha="center", va="center", fontsize=7,
+                      color="white" if dark else "black")
+        axis.set(xticks=range(len(coeffs)), xticklabels=map(str, coeffs), yticks=range(len(layers)),
+                 yticklabels=map(str, layers), ylabel="layer",
+                 xlabel=f"method.{next(iter(rows['coeff_key'].dropna()), 'coefficient')}")
         axis.set_title(title, fontsize=10)
     return _save(figure, path)
 
@@ -390,46 +339,36 @@ def _heatmap_figure(method: str, rows: pd.DataFrame, panels, path: Path) -> Path
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats: forget accuracy as low, retain accuracy as high, one of
     them strictly better."""
-    front = []
-    for i, (forget, retain) in enumerate(points):
-        dominated = any(f <= forget and r >= retain and (f < forget or r > retain) for f, r in points)
-        if not dominated:
-            front.append(i)
-    return front
+    return [i for i, (forget, retain) in enumerate(points)
+            if not any(f <= forget and r >= retain and (f < forget or r > retain) for f, r in points)]
 
 
 def plot_pareto(frame: pd.DataFrame, out_dir: Path) -> Path | None:
-    done = _completed(frame).dropna(subset=["forget_acc_after", "retain_acc_after"]).reset_index(drop=True)
+    done = _completed(frame).dropna(subset=["forget_acc_after", "retain_acc_after"])
     if done.empty:
         return None
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 5))
-    forget, retain = 100 * _numbers(done["forget_acc_after"]), 100 * _numbers(done["retain_acc_after"])
-    points = list(zip(forget, retain))
+    done = done.assign(forget=100 * _numbers(done["forget_acc_after"]),
+                       retain=100 * _numbers(done["retain_acc_after"]))
+    front = done.iloc[pareto_front(list(zip(done["forget"], done["retain"])))].sort_values(["forget", "retain"])
+    figure, axis = _pyplot().subplots(figsize=(7, 5))
     for method, mine in done.groupby(done["variant"].astype(str)):
-        axis.scatter(forget[mine.index], retain[mine.index], label=method, alpha=0.8)
-    front = sorted(pareto_front(points), key=lambda i: points[i])
-    axis.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
-    axis.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=120, facecolors="none",
-                 edgecolors="black")
-    for i in front:
-        axis.annotate(_setting(done.iloc[i]), points[i], fontsize=6, xytext=(4, 4), textcoords="offset points")
+        axis.scatter(mine["forget"], mine["retain"], label=method, alpha=0.8)
+    axis.plot(front["forget"], front["retain"], "k--", lw=1, label="Pareto front")
+    axis.scatter(front["forget"], front["retain"], s=120, facecolors="none", edgecolors="black")
+    for run in front.itertuples():  # its swept settings, e.g. `rmu L7 steering_coeff=6.5`
+        setting = f"{run.variant} L{run.layer} {run.coeff_key}={run.coeff}" + (
+            f" nu={run.nu}" if run.nu is not None else "")
+        axis.annotate(setting, (run.forget, run.retain), fontsize=6, xytext=(4, 4), textcoords="offset points")
     base = done.dropna(subset=["forget_acc_before", "retain_acc_before"])
     if not base.empty:
         axis.scatter([100 * base["forget_acc_before"].iloc[0]], [100 * base["retain_acc_before"].iloc[0]], marker="*",
                      s=200, color="red", label="before unlearning")
-    axis.set_xlabel("forget accuracy after (%)  (lower is better)")
-    axis.set_ylabel("retain accuracy after (%)  (higher is better)")
-    axis.set_title(f"forget vs retain: {len(done)} completed runs, {len(front)} on the Pareto front")
+    axis.set(xlabel="forget accuracy after (%)  (lower is better)",
+             ylabel="retain accuracy after (%)  (higher is better)",
+             title=f"forget vs retain: {len(done)} completed runs, {len(front)} on the Pareto front")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     return _save(figure, out_dir / "pareto.png")
-
-
-def _setting(row: pd.Series) -> str:
-    """A run's swept settings in a few characters, e.g. `rmu L7 steering_coeff=6.5`."""
-    text = f"{row['variant']} L{row['layer']} {row['coeff_key']}={row['coeff']}"
-    return text + (f" nu={row['nu']}" if row["nu"] is not None else "")
 
 
 RNA_LINE_EXTRAS = ("alpha", "lr", "steps")  # the RNA plot's lines: one per variant, layer, coefficient and these
@@ -444,25 +383,22 @@ def plot_rna(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     if rna.empty:
         return None
     rna = rna.assign(nu=_numbers(rna["nu"]))
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = _pyplot().subplots(figsize=(7, 4.5))
     line_keys = ["variant", "layer", "coeff", *RNA_LINE_EXTRAS]
     # Name a line by the settings that tell it apart from the others: plus alpha, lr or steps where swept.
     varying = [key for key in RNA_LINE_EXTRAS if rna[key].nunique(dropna=False) > 1]
     lines = rna.groupby(line_keys, dropna=False, sort=False)
     for _, mine in sorted(lines, key=lambda group: tuple(map(_order, group[1].iloc[0][line_keys]))):
-        by_nu = mine.groupby("nu")["drop"].mean()
         first = mine.iloc[0]
-        label = f"RNA over {first['variant'].removeprefix('rna/')}, layer {first['layer']}, {first['coeff_key']}={first['coeff']}"
-        label += "".join(f", {key}={first[key]}" for key in varying)
-        axis.plot(by_nu.index, by_nu.to_numpy(), "o-", label=label)
+        label = (f"RNA over {first['variant'].removeprefix('rna/')}, layer {first['layer']}, "
+                 f"{first['coeff_key']}={first['coeff']}" + "".join(f", {key}={first[key]}" for key in varying))
+        mine.groupby("nu")["drop"].mean().plot(ax=axis, style="o-", label=label)
     styles = iter(("--", "-.", (0, (5, 1)), (0, (1, 1))))
     plain = done[done["method"] != "rna"].dropna(subset=["drop"]).groupby(done["variant"].astype(str))["drop"]
-    for base in sorted({str(v).removeprefix("rna/") for v in rna["variant"]}):
-        if base in plain.groups:
-            drops = plain.get_group(base)
-            axis.axhline(drops.mean(), color="gray", ls=next(styles, "--"),
-                         label=f"{base} without RNA (mean of {len(drops)} runs)")
+    for base in sorted({str(v).removeprefix("rna/") for v in rna["variant"]} & set(plain.groups)):
+        drops = plain.get_group(base)
+        axis.axhline(drops.mean(), color="gray", ls=next(styles, "--"),
+                     label=f"{base} without RNA (mean of {len(drops)} runs)")
     before = rna["robust_drop_before"].dropna()
     if not before.empty:
         axis.axhline(100 * before.iloc[0], color="red", ls=":", label="before unlearning")
@@ -471,9 +407,8 @@ def plot_rna(frame: pd.DataFrame, out_dir: Path) -> Path | None:
         axis.set_xscale("symlog", linthresh=positive.min())  # nu spans decades (0 = plain RMU included)
         # margins on a log scale; the left one stops short of symlog's (meaningless) negative ticks
         axis.set_xlim(-positive.min() / 2, positive.max() * 1.5)
-    axis.set_xlabel("nu (RNA noise scale)")
-    axis.set_ylabel("robustness drop (points)  (lower is better)")
-    axis.set_title("retain accuracy lost when a forget keyword is inserted")
+    axis.set(xlabel="nu (RNA noise scale)", ylabel="robustness drop (points)  (lower is better)",
+             title="retain accuracy lost when a forget keyword is inserted")
     axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     return _save(figure, out_dir / "rna_robustness.png")
@@ -483,32 +418,21 @@ def plot_attacks(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     """Per method, one bar per attack: the mean recovered fraction of the forget gap over its completed runs,
     each run a dot on its bar. 0 = nothing came back, 1 = the base model's forget accuracy is back."""
     done = _completed(frame)
-    attacks = [name for name in ATTACKS if done[f"{name}_recovered"].notna().any()]
-    if not attacks:
+    runs = (done[[f"{name}_recovered" for name in ATTACKS]].apply(_numbers).set_axis(list(ATTACKS), axis=1)
+            .set_index(done["method"].astype(str)).dropna(axis=1, how="all").dropna(how="all"))  # (run, attack)
+    if runs.empty:
         return None
-    recovered = (done.assign(method=done["method"].astype(str))
-                 .melt(id_vars="method", value_vars=[f"{name}_recovered" for name in attacks], var_name="attack",
-                       value_name="recovered")
-                 .dropna(subset=["recovered"])
-                 .assign(attack=lambda f: f["attack"].str.removesuffix("_recovered"),
-                         recovered=lambda f: _numbers(f["recovered"])))
-    methods = sorted(recovered["method"].unique())
-    means = recovered.groupby(["method", "attack"])["recovered"].mean()
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(1.5 + 1.2 * len(methods) * len(attacks) / 2, 4.5))
-    width = 0.8 / len(attacks)
-    for j, name in enumerate(attacks):
-        positions = [i + (j - (len(attacks) - 1) / 2) * width for i in range(len(methods))]
-        axis.bar(positions, [means.get((method, name), math.nan) for method in methods], width=width, label=name,
-                 alpha=0.8)
-        for position, method in zip(positions, methods):
-            values = recovered[(recovered["method"] == method) & (recovered["attack"] == name)]["recovered"]
-            axis.scatter([position] * len(values), values, color="black", s=10, zorder=3)
+    means = runs.groupby(level=0).mean()  # (method, attack), methods sorted
+    figure, axis = _pyplot().subplots(figsize=(1.5 + 0.6 * len(means) * len(means.columns), 4.5))
+    means.plot.bar(ax=axis, width=0.8, alpha=0.8, rot=0, xlabel="")  # a group of bars per method
+    for attack, bars in zip(means.columns, axis.containers):
+        for method, bar in zip(means.index, bars):
+            recovered = runs.loc[[method], attack].dropna()
+            axis.scatter([bar.get_x() + bar.get_width() / 2] * len(recovered), recovered, color="black", s=10,
+                         zorder=3)
     axis.axhline(0, color="gray", lw=0.8)
     axis.axhline(1, color="red", ls=":", lw=1, label="all of the forget gap")
-    axis.set_xticks(range(len(methods)), methods)
-    axis.set_ylabel("recovered fraction of the forget gap")
-    axis.set_title("knowledge recovered by each attack (dots: runs)")
+    axis.set(ylabel="recovered fraction of the forget gap", title="knowledge recovered by each attack (dots: runs)")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3, axis="y")
     return _save(figure, out_dir / "attacks_recovered.png")
@@ -529,11 +453,9 @@ def report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[str, list[Path
     text = markdown(frame, sweep_dir)
     rundir.write_text_atomic(out_dir / "report.csv", frame.to_csv(index=False, lineterminator="\n"))
     rundir.write_text_atomic(out_dir / "report.md", text)
-    written = [out_dir / "report.csv", out_dir / "report.md"]
-    written += plot_heatmaps(frame, out_dir)
-    written += [path for path in (plot_pareto(frame, out_dir), plot_rna(frame, out_dir),
-                                  plot_attacks(frame, out_dir)) if path]
-    return text, written
+    written = [out_dir / "report.csv", out_dir / "report.md", *plot_heatmaps(frame, out_dir)]
+    return text, written + [path for path in (plot_pareto(frame, out_dir), plot_rna(frame, out_dir),
+                                              plot_attacks(frame, out_dir)) if path]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -541,11 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="a multirun's directory, e.g. multirun/2026-11-22/10-00-00-123456")
     parser.add_argument("--output-dir", type=Path, default=None, help="where to write (default: the sweep directory)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a directory: give a sweep directory (hydra.sweep.dir of a multirun)",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
     try:
+        if not args.sweep_dir.is_dir():
+            raise ValueError(f"{args.sweep_dir} is not a directory: give a sweep directory (hydra.sweep.dir of a "
+                             "multirun)")
         text, written = report(args.sweep_dir, args.output_dir)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -62,6 +62,7 @@ def tiny(tmp_path, corpus_files, *extra):
     ("method=rna method.base=npo method.steering_coeff=5", "method.steering_coeff is not a setting of rna over npo"),
     ("method=rna method.retain_loss=mse", "method.retain_loss is not a setting of rna over rmu"),
     ("data.forget_path=/no/such/forget.jsonl", "forget corpus file /no/such/forget.jsonl: found nothing (no such file or directory), expected a .jsonl"),
+    ("data.max_length=0", "topic 'local' forget max_length must be a positive integer, got 0"),
 ])
 def test_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument, expected):
     if argument.startswith("model=zephyr"):

@@ -302,7 +302,7 @@ def test_a_reference_set_with_a_class_missing_or_empty_is_refused(monkeypatch, c
 
 def test_a_preset_reference_with_a_class_missing_is_refused(monkeypatch, capsys, tmp_path, corpus_files, reference_files):
     out = tmp_path / "out"
-    args = tiny_audit_args(out, *corpus_files, f"+data.topics.local.reference.forget={reference_files['good']}")
+    args = tiny_audit_args(out, *corpus_files, f"data.topics.local.reference.forget={reference_files['good']}")
     err = audit_precheck_error(monkeypatch, capsys, out, *args)
     assert "data.topics.local.reference.retain is missing" in err, err
 

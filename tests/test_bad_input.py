@@ -62,6 +62,7 @@ def tiny(tmp_path, corpus_files, *extra):
     ("method=rna method.base=npo method.steering_coeff=5", "method.steering_coeff is not a setting of rna over npo"),
     ("method=rna method.retain_loss=mse", "method.retain_loss is not a setting of rna over rmu"),
     ("data.forget_path=/no/such/forget.jsonl", "forget corpus file /no/such/forget.jsonl: found nothing (no such file or directory), expected a .jsonl"),
+    ("data.max_length=0", "topic 'local' forget max_length must be a positive integer, got 0"),
 ])
 def test_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument, expected):
     if argument.startswith("model=zephyr"):
@@ -257,10 +258,21 @@ def test_tokenizer_without_pad_token_pads_with_eos():
     ("eval.probes.max_length=???", "error: eval.probes.max_length is required but not set: give "
                                    "eval.probes.max_length=..."),
     ("method.beta=high", "error: method.beta='high' is not a number"),
+    ("+data.topics.local.forget.bogus=1", "error: data.topics.local.forget.bogus is not a key of data.topics.local."
+                                          "forget: the keys there are path, text_field, max_length, name, split, raw_lines"),
+    ("+data.topics.local.keyword=[x]", "error: data.topics.local.keyword is not a key of data.topics.local: did you "
+                                       "mean data.topics.local.keywords?"),
+    ("+data.chunks=true", "error: data.chunks is not a key of data: did you mean data.chunk? the keys there are name, "
+                          "cycle, shuffle, chunk, exclude, topics, forget_path, retain_path, text_field, max_length"),
+    ("data.topics.local.forget.max_length=abc", "error: data.topics.local.forget.max_length='abc' is not an integer: "
+                                                "give an integer, e.g. data.topics.local.forget.max_length=..."),
+    ("data.max_length=abc", "error: data.max_length='abc' is not an integer"),
+    ("data.topics.local.retain.text_field=???", "error: data.topics.local.retain.text_field is required but not set"),
 ])
 def test_the_schema_rejects_through_the_cli(tmp_path, corpus_files, argument, expected):
     """OmegaConf enforces the schemas (unlearn/schema.py): an unknown key, a wrong type, a required key left
-    unset are each one line with the fix, exit 2, before anything is written."""
+    unset are each one line with the fix, exit 2, before anything is written. A key added with `+` below
+    data is checked too (Hydra adds it unchecked; unlearn.config merges data into its schema again)."""
     args = [a for a in tiny(tmp_path, corpus_files) if not a.startswith("eval=")]
     method = ["method=adaptive_rmu"] if argument.startswith("method.") else []
     done = unlearn(*args, "eval=demo", *method, argument)

@@ -105,6 +105,48 @@ def test_single_topic_presets_drop_the_other_topic(bio_file):
     assert [t.name for t in config.topics(composed("data=wmdp_bio", f"data.topics.bio.forget.path={bio_file}"))] == ["bio"]
 
 
+def test_corpus_keys_a_preset_leaves_out_default_to_corpus_spec_defaults():
+    """The schema's defaults for the keys that only some corpora read are CorpusSpec's, so a corpus reads the
+    same whether it comes from a preset or from code (the audit's reference files)."""
+    from dataclasses import fields
+
+    from unlearn.corpora import CorpusSpec
+    from unlearn.schema import CorpusSchema
+
+    spec_defaults = {f.name: f.default for f in fields(CorpusSpec)}
+    for key in ("name", "split", "raw_lines"):
+        assert next(f.default for f in fields(CorpusSchema) if f.name == key) == spec_defaults[key], key
+    cyber = config.topics(composed("data=wmdp_cyber"))[0]
+    assert (cyber.retain.name, cyber.retain.split, cyber.retain.raw_lines) == ("wikitext-2-raw-v1", "test", False)
+    demo = config.topics(composed("data=demo"))[0]
+    assert (demo.forget.name, demo.forget.split, demo.forget.raw_lines) == (None, "train", False)
+
+
+def test_data_presets_are_typed_by_their_schema():
+    """Each data preset extends its schema, so a wrong type fails as Hydra composes, naming the full key."""
+    from omegaconf.errors import ValidationError
+
+    from unlearn.schema import DataSchema, LocalDataSchema
+
+    assert OmegaConf.get_type(composed("data=demo").data) is DataSchema
+    assert OmegaConf.get_type(composed("data=wmdp_cyber").data) is DataSchema
+    assert OmegaConf.get_type(composed("data=local").data) is LocalDataSchema
+    with pytest.raises(Exception) as raised:
+        composed("data.topics.virology.forget.max_length=abc")
+    cause = raised.value.__cause__ or raised.value
+    assert isinstance(cause, ValidationError) and cause.full_key == "data.topics.virology.forget.max_length"
+
+
+def test_train_false_leaves_an_unset_corpus_path_unread():
+    """The gated bio corpus (path ???) is None when nothing trains, and refused with how to get it when it does."""
+    from unlearn.errors import UnlearnError
+
+    bio = config.topics(composed("data=wmdp_bio"), corpora_needed=False)[0]
+    assert (bio.name, bio.forget, bio.retain.path) == ("bio", None, "wikitext")
+    with pytest.raises(UnlearnError, match="the WMDP bio forget corpus is gated"):
+        config.topics(composed("data=wmdp_bio"))
+
+
 def test_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

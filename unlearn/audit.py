@@ -89,10 +89,9 @@ def _references(cfg: DictConfig, topics: list[TopicSpec]) -> dict[str, dict[str,
         return {topic.name: specs for topic in topics}
     found = {}
     for topic in topics:
-        preset = OmegaConf.select(cfg, f"data.topics.{topic.name}.reference")
-        found[topic.name] = None if preset is None else {
-            side: _reference_spec(side, f"data.topics.{topic.name}.reference.{side}", preset.get(side),
-                                  preset.get("text_field", "text"))
+        preset = cfg.data.topics[topic.name].reference
+        found[topic.name] = None if not (preset.forget or preset.retain) else {
+            side: _reference_spec(side, f"data.topics.{topic.name}.reference.{side}", preset[side], preset.text_field)
             for side in exclusions.SIDES
         }
     return found

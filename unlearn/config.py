@@ -6,6 +6,7 @@ Components never see the config object; run.py hands them what this module retur
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 from unlearn.corpora import CorpusSpec, check_corpus_file, is_local
 from unlearn.errors import UnlearnError
 from unlearn.methods import BASES, METHOD_KEYS, METHODS, PO_METHODS, RETAIN_LOSSES, MethodSpec
+from unlearn.schema import DataSchema
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -87,38 +89,45 @@ def unlearn_layers(cfg: DictConfig, n_blocks: int) -> tuple[int, list[int]]:
 
 
 def topics(cfg: DictConfig, corpora_needed: bool = True) -> list[TopicSpec]:
-    """The data config's topics. `corpora_needed=False` (train=false: nothing trains) lets a corpus path stay
-    unset (the gated WMDP bio corpus): that side is then None, and only the topic's name and keywords are used."""
+    """The data config's topics (keys and types: unlearn.schema's DataSchema). `corpora_needed=False` (train=false:
+    nothing trains) lets a corpus path stay unset (the gated WMDP bio corpus): that side is then None, and only the
+    topic's name and keywords are used."""
     found = []
-    for name, topic in (cfg.data.topics or {}).items():
+    for name, topic in _checked_data(cfg).topics.items():
         if topic is None:  # a preset removed it (e.g. data=wmdp_cyber drops bio)
             continue
-        corpora = {}
-        for side in ("forget", "retain"):
-            try:
-                fields = OmegaConf.to_container(topic[side], resolve=True, throw_on_missing=True)
-            except (MissingMandatoryValue, InterpolationToMissingValueError):
-                if not corpora_needed:
-                    corpora[side] = None
-                    continue
-                raise UnlearnError(_missing_path_message(str(name), side)) from None
-            try:
-                corpora[side] = CorpusSpec(**fields)
-            except TypeError as exc:
-                raise UnlearnError(f"data.topics.{name}.{side}: {exc}; valid keys: path, text_field, max_length, "
-                                   "name, split, raw_lines") from None
-        found.append(TopicSpec(str(name), corpora["forget"], corpora["retain"], list(topic.get("keywords") or [])))
+        forget, retain = (_corpus(topic, str(name), side, corpora_needed) for side in ("forget", "retain"))
+        found.append(TopicSpec(str(name), forget, retain, list(topic.keywords)))
     if not found:
         raise UnlearnError("data.topics is empty: choose a data preset (data=demo) or add a topic")
-    for spec in found:
-        for side, corpus in (("forget", spec.forget), ("retain", spec.retain)):
-            if corpus is None:
-                continue
-            if is_local(corpus.path):
-                check_corpus_file(corpus.path, f"topic '{spec.name}': {side} corpus file")
-            if isinstance(corpus.max_length, bool) or not isinstance(corpus.max_length, int) or corpus.max_length <= 0:
-                raise UnlearnError(f"topic '{spec.name}' {side} max_length must be a positive integer, got {corpus.max_length!r}")
     return found
+
+
+def _checked_data(cfg: DictConfig) -> DictConfig:
+    """`cfg.data` merged into its schema once more, so that OmegaConf rejects a key Hydra added unchecked
+    (`+data.topics.demo.forget.bogus=1`), as unlearn.evaluation.spec does for eval. The rest of the config comes
+    along unchecked, for the interpolations into it; errors name the full key (data.topics...)."""
+    schema = OmegaConf.get_type(cfg.data)  # the preset's: DataSchema, or LocalDataSchema for data=local
+    if not dataclasses.is_dataclass(schema):  # a preset of one's own without the `- data_schema` defaults line
+        schema = DataSchema
+    return OmegaConf.merge({"data": OmegaConf.structured(schema)}, OmegaConf.to_container(cfg, resolve=False)).data
+
+
+def _corpus(topic: DictConfig, name: str, side: str, needed: bool) -> CorpusSpec | None:
+    """A topic's forget or retain corpus, with the rules a type can't state: its path is set (None when it is not
+    and nothing trains), a local file exists, max_length is positive."""
+    try:
+        OmegaConf.select(topic, f"{side}.path", throw_on_missing=True)
+    except (MissingMandatoryValue, InterpolationToMissingValueError):
+        if not needed:
+            return None
+        raise UnlearnError(_missing_path_message(name, side)) from None
+    corpus = CorpusSpec(**OmegaConf.to_container(topic[side], resolve=True, throw_on_missing=True))
+    if is_local(corpus.path):
+        check_corpus_file(corpus.path, f"topic '{name}': {side} corpus file")
+    if corpus.max_length <= 0:
+        raise UnlearnError(f"topic '{name}' {side} max_length must be a positive integer, got {corpus.max_length!r}")
+    return corpus
 
 
 def _missing_path_message(topic: str, side: str) -> str:

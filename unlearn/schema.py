@@ -7,6 +7,18 @@ defaults: every value, with its comment, lives in `conf/`. What a type can't say
 below the model's depth, one value per topic) is checked in `unlearn.config` and `unlearn.evaluation.spec`.
 Per-topic settings (`method.alpha`, `method.steering_coeff`) are `Any`: a number or a list of numbers, a union
 OmegaConf 2.3 cannot type.
+
+The data group (`conf/data/*.yaml`, extending `data_schema`): `data.topics` maps a topic's name to its forget and
+retain corpora, keywords and audit reference, or to None (a preset that removes a topic: `data=wmdp_cyber`). Four
+corpus and reference keys only apply to some corpora, so presets leave them out, and their schema defaults are the
+values that mean "not used", equal to `unlearn.corpora.CorpusSpec`'s (tests/test_config.py checks):
+`name: null` and `split: train` (only a hub dataset reads them), `raw_lines: false` (only a JSONL file), and a
+topic's `reference: {forget: null, retain: null, text_field: text}` (no clean reference files: the audit holds a
+part of each corpus out). The reference is always there rather than Optional so that the command line can set one
+file of it (`data.topics.local.reference.forget=f.jsonl`): OmegaConf 2.3 cannot add a key below a None node.
+Every other data key is required, its value written in each preset. `data.exclude` is the same for every preset: its value lives in
+`conf/config.yaml`. `data=local` has keys of its own (forget_path, retain_path, text_field, max_length, which its
+topic interpolates): a subclass, `LocalDataSchema` (`local_data_schema`), so that no other preset accepts them.
 """
 
 from __future__ import annotations
@@ -189,6 +201,55 @@ class RNAConfig:
 
 
 @dataclass
+class CorpusSchema:
+    """One corpus (unlearn.corpora.CorpusSpec): a hub dataset id, a dataset directory, or a local JSONL/.txt file."""
+
+    path: str = MISSING  # ??? is allowed: the gated WMDP bio corpus, never read when train=false
+    text_field: str = MISSING
+    max_length: int = MISSING  # tokens per document; > 0 (unlearn.config checks)
+    name: Optional[str] = None  # a hub dataset's config; not used by a file
+    split: str = "train"  # a hub dataset's split; not used by a file
+    raw_lines: bool = False  # feed each JSONL line as raw text (the published cyber run did)
+
+
+@dataclass
+class ReferenceSchema:
+    """python -m unlearn.audit's clean reference documents of each class (unlearn.audit checks both are given)."""
+
+    forget: Optional[str] = None  # None, with retain None: the audit holds a part of each corpus out instead
+    retain: Optional[str] = None
+    text_field: str = "text"
+
+
+@dataclass
+class TopicSchema:
+    forget: CorpusSchema = MISSING
+    retain: CorpusSchema = MISSING
+    keywords: List[str] = MISSING  # forget keywords for the robustness test
+    reference: ReferenceSchema = dataclasses.field(default_factory=ReferenceSchema)  # files: data.topics.<t>.reference.forget=...
+
+
+@dataclass
+class DataSchema:
+    name: str = MISSING
+    cycle: bool = MISSING
+    shuffle: bool = MISSING
+    chunk: bool = MISSING
+    exclude: Optional[str] = MISSING  # its value: conf/config.yaml
+    topics: Dict[str, Optional[TopicSchema]] = MISSING  # None: a preset removed the topic
+
+
+@dataclass
+class LocalDataSchema(DataSchema):
+    """data=local: one topic whose corpora come from these keys."""
+
+    forget_path: str = MISSING
+    retain_path: str = MISSING
+    text_field: str = MISSING
+    max_length: int = MISSING
+
+
+@dataclass
 class SweepConfig:
     force: bool = MISSING
     ignore_keys: List[str] = MISSING
@@ -200,7 +261,7 @@ class UnlearnConfig:
 
     model: Any = MISSING
     method: Any = MISSING
-    data: Any = MISSING
+    data: Any = MISSING  # typed by the data preset's schema (data_schema, local_data_schema), as method by its own
     eval: EvalSpec = MISSING
     logger: Any = MISSING
     train: bool = MISSING
@@ -235,6 +296,8 @@ def register() -> None:
     for name, node in (("rmu", RMUConfig), ("adaptive_rmu", AdaptiveRMUConfig), ("npo", POConfig),
                        ("simnpo", POConfig), ("rna", RNAConfig)):
         store.store(group="method", name=f"{name}_schema", node=node)
+    store.store(group="data", name="data_schema", node=DataSchema)
+    store.store(group="data", name="local_data_schema", node=LocalDataSchema)
 
 
 register()

@@ -259,6 +259,22 @@ def test_resume_treats_a_whole_number_written_without_a_point_as_the_same_settin
     assert not already_completed(composed("method=adaptive_rmu", "method.beta=6"), tmp_path)
 
 
+def test_resume_reads_an_older_run_through_todays_schemas(tmp_path):
+    """A run written before the data schema gave corpora `split`/`raw_lines`/`name` and references a
+    `text_field` did not record them: it ran with those same defaults and is not redone."""
+    cfg = composed("data=demo")
+    old = OmegaConf.to_container(cfg, resolve=True)
+    for topic in old["data"]["topics"].values():
+        topic["reference"].pop("text_field")
+        for side in ("forget", "retain"):
+            for key in ("name", "split", "raw_lines"):
+                topic[side].pop(key)
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "completed"}))
+    assert already_completed(cfg, tmp_path)
+    assert not already_completed(composed("data=demo", "data.topics.virology.forget.max_length=128"), tmp_path)
+
+
 def test_a_sweep_is_checked_job_by_job_as_hydras_basic_sweeper_runs_it():
     """Jobs in the basic sweeper's order: an experiment preset's hydra.sweeper.params first (its first key
     varies slowest), then the command line's sweeps; a bad value in the preset's params is named."""

@@ -17,6 +17,7 @@ context, so importing this module there registers the name resolver before Hydra
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -34,6 +35,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException, HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from unlearn import rundir
 
@@ -145,7 +147,7 @@ def already_completed(cfg: DictConfig, run_dir: Path) -> bool:
     if previous is None:
         log.info(f"Redoing {run_dir}: its config.yaml is missing or unreadable")
         return False
-    previous = _without(previous, ignore)
+    previous = _without(_read_through_schemas(previous, cfg), ignore)
     if _canonical(previous) != _canonical(current):
         changed = sorted(set(_differences(previous, current)))
         log.info(f"Redoing {run_dir}: its completed run had a different config ({', '.join(changed[:5])})")
@@ -158,6 +160,20 @@ def _saved_config(path: Path) -> dict | None:
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception:  # missing, half-written by an old version, or not YAML: the job is simply redone
         return None
+
+
+def _read_through_schemas(saved: dict, cfg: DictConfig) -> dict:
+    """The saved config as today's schemas read it: a default a schema has gained since the run was written (a
+    corpus's `split`, a topic's `reference`) then compares equal, instead of redoing every run of the sweep."""
+    read = dict(saved)
+    for key in cfg:
+        schema = OmegaConf.get_type(cfg, key)
+        if dataclasses.is_dataclass(schema) and isinstance(saved.get(key), dict):
+            try:
+                read[key] = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), saved[key]))
+            except OmegaConfBaseException:  # a key today's schema does not have: compared as written
+                pass
+    return read
 
 
 def _without(config: dict, dotted_keys: list[str]) -> dict:

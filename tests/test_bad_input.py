@@ -63,6 +63,8 @@ def tiny(tmp_path, corpus_files, *extra):
     ("method=rna method.retain_loss=mse", "method.retain_loss is not a setting of rna over rmu"),
     ("data.forget_path=/no/such/forget.jsonl", "forget corpus file /no/such/forget.jsonl: found nothing (no such file or directory), expected a .jsonl"),
     ("data.max_length=0", "topic 'local' forget max_length must be a positive integer, got 0"),
+    ("+data.topics.extra={keywords:[]}", "cannot add extra as a whole from the command line (OmegaConf 2.3 assigns "
+                                         "no mapping to a typed node): write it in a preset of your own"),
 ])
 def test_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument, expected):
     if argument.startswith("model=zephyr"):

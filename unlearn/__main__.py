@@ -316,6 +316,10 @@ def _unknown_key(key: str, node_type: type | None) -> str:
 def _wrong_type(key: str, message: str) -> str:
     import re
 
+    if re.match(r"Invalid type assigned: dict is not a subclass of \w+", message):  # `+data.topics.new={...}`
+        return (f"cannot add {key} as a whole from the command line (OmegaConf 2.3 assigns no mapping to a typed "
+                "node): write it in a preset of your own, e.g. conf/data/<name>.yaml starting with "
+                f"`defaults: [data_schema, _self_]`, and choose it with data=<name> ({LIST_KEYS})")
     found = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", message)
     if not found:
         return f"{key}: {message} ({LIST_KEYS})"

@@ -87,9 +87,9 @@ def _references(cfg: DictConfig, topics: list[TopicSpec]) -> dict[str, dict[str,
         specs = {side: _reference_spec(side, f"audit.reference.{side}_path", path, cfg.audit.reference.text_field)
                  for side, path in given.items()}
         return {topic.name: specs for topic in topics}
-    found = {}
+    found, data = {}, config.checked_data(cfg)  # the schema's defaults also for a preset without its schema line
     for topic in topics:
-        preset = cfg.data.topics[topic.name].reference
+        preset = data.topics[topic.name].reference
         found[topic.name] = None if not (preset.forget or preset.retain) else {
             side: _reference_spec(side, f"data.topics.{topic.name}.reference.{side}", preset[side], preset.text_field)
             for side in exclusions.SIDES

@@ -93,7 +93,7 @@ def topics(cfg: DictConfig, corpora_needed: bool = True) -> list[TopicSpec]:
     nothing trains) lets a corpus path stay unset (the gated WMDP bio corpus): that side is then None, and only the
     topic's name and keywords are used."""
     found = []
-    for name, topic in _checked_data(cfg).topics.items():
+    for name, topic in checked_data(cfg).topics.items():
         if topic is None:  # a preset removed it (e.g. data=wmdp_cyber drops bio)
             continue
         forget, retain = (_corpus(topic, str(name), side, corpora_needed) for side in ("forget", "retain"))
@@ -103,7 +103,7 @@ def topics(cfg: DictConfig, corpora_needed: bool = True) -> list[TopicSpec]:
     return found
 
 
-def _checked_data(cfg: DictConfig) -> DictConfig:
+def checked_data(cfg: DictConfig) -> DictConfig:
     """`cfg.data` merged into its schema once more, so that OmegaConf rejects a key Hydra added unchecked
     (`+data.topics.demo.forget.bogus=1`), as unlearn.evaluation.spec does for eval. The rest of the config comes
     along unchecked, for the interpolations into it; errors name the full key (data.topics...)."""

@@ -63,6 +63,9 @@ def tiny(tmp_path, corpus_files, *extra):
     ("method=rna method.retain_loss=mse", "method.retain_loss is not a setting of rna over rmu"),
     ("data.forget_path=/no/such/forget.jsonl", "forget corpus file /no/such/forget.jsonl: found nothing (no such file or directory), expected a .jsonl"),
     ("data.max_length=0", "topic 'local' forget max_length must be a positive integer, got 0"),
+    ("+model.revision=main", "model.revision is not a key of model: the keys there are name, name_or_path, "
+                             "trust_remote_code, recipe, npo_recipe, simnpo_recipe"),
+    ("+model.recipe.layers=3", "model.recipe.layers is not a key of model.recipe: did you mean model.recipe.layer?"),
     ("+data.topics.extra={keywords:[]}", "cannot add extra as a whole from the command line (OmegaConf 2.3 assigns "
                                          "no mapping to a typed node): write it in a preset of your own"),
 ])
@@ -269,6 +272,8 @@ def test_tokenizer_without_pad_token_pads_with_eos():
     ("data.topics.local.forget.max_length=abc", "error: data.topics.local.forget.max_length='abc' is not an integer: "
                                                 "give an integer, e.g. data.topics.local.forget.max_length=..."),
     ("data.max_length=abc", "error: data.max_length='abc' is not an integer"),
+    ("model.trust_remote_code=maybe", "error: model.trust_remote_code='maybe' is not true or false: give true or false"),
+    ("model.recipe.lr=fast", "error: model.recipe.lr='fast' is not a number"),
     ("data.topics.local.retain.text_field=???", "error: data.topics.local.retain.text_field is required but not set"),
 ])
 def test_the_schema_rejects_through_the_cli(tmp_path, corpus_files, argument, expected):

@@ -281,7 +281,8 @@ def config_errors():
 
 
 LIST_KEYS = "python -m unlearn --cfg job lists every key with its value"
-EXPECTED = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+EXPECTED = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false",
+            "String": "a string"}
 
 
 def _first_line(exc: Exception) -> str:
@@ -320,7 +321,10 @@ def _wrong_type(key: str, message: str) -> str:
         return (f"cannot add {key} as a whole from the command line (OmegaConf 2.3 assigns no mapping to a typed "
                 "node): write it in a preset of your own, e.g. conf/data/<name>.yaml starting with "
                 f"`defaults: [data_schema, _self_]`, and choose it with data=<name> ({LIST_KEYS})")
-    found = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", message)
+    if re.match(r"Invalid value assigned: \w+ is not a ListConfig", message):
+        return f"{key} is a list: give one, e.g. {key}=[a,b] ({LIST_KEYS})"
+    found = (re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", message)
+             or re.match(r"Value '(.*)' is not a valid (bool)", message))
     if not found:
         return f"{key}: {message} ({LIST_KEYS})"
     expected = EXPECTED.get(found[2], found[2])

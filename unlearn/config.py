@@ -103,6 +103,17 @@ def topics(cfg: DictConfig, corpora_needed: bool = True) -> list[TopicSpec]:
     return found
 
 
+def check_added_keys(cfg: DictConfig, sections: tuple[str, ...] = ("model", "logger")) -> None:
+    """Hydra adds a `+key=value` without asking the schema: merging each section into its preset's schema again
+    refuses an unknown key by its full name (`+model.foo=1`). data and eval are merged again where they are read
+    (checked_data, unlearn.evaluation.spec); method's keys have their own rule (method())."""
+    for section in sections:
+        schema = OmegaConf.get_type(cfg, section)
+        if dataclasses.is_dataclass(schema):  # a preset of one's own without its schema line is not typed
+            OmegaConf.merge({section: OmegaConf.structured(schema)},
+                            {section: OmegaConf.to_container(cfg[section], resolve=False)})
+
+
 def checked_data(cfg: DictConfig) -> DictConfig:
     """`cfg.data` merged into its schema once more, so that OmegaConf rejects a key Hydra added unchecked
     (`+data.topics.demo.forget.bogus=1`), as unlearn.evaluation.spec does for eval. The rest of the config comes

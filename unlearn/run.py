@@ -44,6 +44,7 @@ class Plan:
 def plan(cfg: DictConfig, overridden_method_keys: list[str] = ()) -> Plan:
     config.method_name_and_base(cfg)  # first: the method's defaults (steps, lr, ...) depend on it
     config.check_training(cfg)
+    config.check_added_keys(cfg)
     topics = config.topics(cfg, corpora_needed=cfg.train is not False)
     method = config.method(cfg, [t.name for t in topics], overridden_method_keys)
     device = config.device(cfg.device)

@@ -2,8 +2,11 @@
 composes (an unknown key, a value of the wrong type), for the CLI and for every `compose`.
 
 Each YAML file extends its schema through its defaults list (`conf/config.yaml`: `unlearn_schema`;
-`conf/method/rmu.yaml`: `rmu_schema`; ...), as Hydra documents for structured configs. The fields carry no
-defaults: every value, with its comment, lives in `conf/`. What a type can't say (a positive number, a layer
+`conf/method/rmu.yaml`: `rmu_schema`; `conf/model/*.yaml`: `model_schema`; `conf/logger/wandb.yaml`:
+`wandb_schema`; ...), as Hydra documents for structured configs. The fields carry no defaults (but the data
+corpora's, below): every value, with its comment, lives in `conf/`. Hydra adds a `+key=value` without asking the
+schema, so each section is merged into its schema again when it is read (unlearn.config.check_added_keys,
+checked_data; unlearn.evaluation.spec). What a type can't say (a positive number, a layer
 below the model's depth, one value per topic) is checked in `unlearn.config` and `unlearn.evaluation.spec`.
 Per-topic settings (`method.alpha`, `method.steering_coeff`) are `Any`: a number or a list of numbers, a union
 OmegaConf 2.3 cannot type.
@@ -250,6 +253,51 @@ class LocalDataSchema(DataSchema):
 
 
 @dataclass
+class RMRecipe:
+    """A model preset's defaults for the representation-misdirection methods (`model.recipe`)."""
+
+    layer: int = MISSING
+    steps: int = MISSING
+    lr: float = MISSING
+    steering_coeff: Any = MISSING  # a number, or one per topic
+    alpha: Any = MISSING
+
+
+@dataclass
+class PORecipe:
+    """A model preset's defaults for NPO or SimNPO (`model.npo_recipe`, `model.simnpo_recipe`)."""
+
+    steps: int = MISSING
+    lr: float = MISSING
+    alpha: Any = MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    name_or_path: str = MISSING  # a hub id, a local directory, embedded://... or tiny://...
+    trust_remote_code: bool = MISSING
+    recipe: RMRecipe = MISSING
+    npo_recipe: PORecipe = MISSING
+    simnpo_recipe: PORecipe = MISSING
+
+
+@dataclass
+class NoLogger:
+    name: str = MISSING
+
+
+@dataclass
+class WandbLogger:
+    name: str = MISSING
+    mode: str = MISSING  # auto | online | offline | disabled (unlearn.tracking checks)
+    project: str = MISSING
+    entity: Optional[str] = MISSING
+    group: Optional[str] = MISSING
+    tags: List[str] = MISSING
+
+
+@dataclass
 class SweepConfig:
     force: bool = MISSING
     ignore_keys: List[str] = MISSING
@@ -259,11 +307,11 @@ class SweepConfig:
 class UnlearnConfig:
     """The top-level keys of conf/config.yaml; the groups' own schemas type model, method, data, eval, logger."""
 
-    model: Any = MISSING
+    model: Any = MISSING  # typed by the model preset's schema (model_schema), as method and data by theirs
     method: Any = MISSING
     data: Any = MISSING  # typed by the data preset's schema (data_schema, local_data_schema), as method by its own
     eval: EvalSpec = MISSING
-    logger: Any = MISSING
+    logger: Any = MISSING  # typed by the logger preset's schema (none_schema, wandb_schema)
     train: bool = MISSING
     layer: int = MISSING
     update_layers: Any = MISSING  # null, one block index, or a list of them
@@ -297,6 +345,9 @@ def register() -> None:
                        ("simnpo", POConfig), ("rna", RNAConfig)):
         store.store(group="method", name=f"{name}_schema", node=node)
     store.store(group="data", name="data_schema", node=DataSchema)
+    store.store(group="model", name="model_schema", node=ModelConfig)
+    store.store(group="logger", name="none_schema", node=NoLogger)
+    store.store(group="logger", name="wandb_schema", node=WandbLogger)
     store.store(group="data", name="local_data_schema", node=LocalDataSchema)
 
 

@@ -275,6 +275,9 @@ def reference_files(tmp_path) -> dict[str, Path]:
     ("layer=12", "layer=12 is outside this model's blocks: choose 0..11"),
     ("audit.batch_size=0", "audit.batch_size must be a positive integer"),
     ("audit.nope=1", "Could not override 'audit.nope'"),
+    ("layer=3,5", "layer has several values, which only a sweep runs: add --multirun"),
+    ("hydra.run.dir=/dev/null/audit", "cannot write the output directory /dev/null/audit (/dev/null is not a "
+                                      "writable directory)"),
 ])
 def test_audit_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument, expected):
     out = tmp_path / "out"

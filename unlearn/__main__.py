@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,22 +110,25 @@ def check_sweepable(swept_keys: list[str]) -> None:
                                "each with its own hydra.sweep.dir=...")
 
 
-def _output_dir(cfg: DictConfig, overrides: list[str], multirun: bool) -> Path:
-    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith(key)]
-    if given:
-        return Path(given[-1])
-    return Path("multirun") if multirun else Path(cfg.output_root)
-
-
 def precheck(overrides: list[str], multirun: bool = False) -> None:
-    """Compose the config of every job Hydra will run (each combination of a sweep) exactly as Hydra will, and run
-    the checks that need no weights on each: a bad value in a sweep stops it before any job starts."""
+    """`python -m unlearn`'s pre-check: every job's plan (the checks that need no weights) and its logger."""
     from unlearn.run import plan
     from unlearn.tracking import check_logger
 
+    def check(cfg: DictConfig, job: list[str]) -> None:
+        plan(cfg, method_keys(job))
+        check_logger(cfg)
+
+    check_jobs(overrides, multirun, "config", check)
+
+
+def check_jobs(overrides: list[str], multirun: bool, config_name: str,
+               check: Callable[[DictConfig, list[str]], None]) -> None:
+    """Compose the config of every job Hydra will run (each combination of a sweep) exactly as Hydra will, and
+    `check(config, job overrides)` each: a bad value in a sweep stops it before any job starts. Then the output
+    directory Hydra will write to must be writable."""
     with config_errors(), config_loader() as loader:
-        master = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN, from_shell=True,
+        master = loader.load_configuration(config_name, overrides, run_mode=RunMode.MULTIRUN, from_shell=True,
                                            validate_sweep_overrides=False)
         multirun = multirun or master.hydra.mode == RunMode.MULTIRUN  # an experiment preset can ask for one
         jobs, swept = sweep.planned_jobs(loader, master)
@@ -135,9 +139,7 @@ def precheck(overrides: list[str], multirun: bool = False) -> None:
         compose_job = job_composer(loader, master, swept)
         for number, job in enumerate(jobs, 1):
             with job_named(number, len(jobs), [o for o in job if o.partition("=")[0] in swept]):
-                cfg = compose_job(job)
-                plan(cfg, method_keys(job))
-                check_logger(cfg)
+                check(compose_job(job), job)
         check_writable(Path(master.hydra.sweep.dir if multirun else master.hydra.run.dir))
 
 
@@ -248,24 +250,6 @@ def method_keys(overrides: list[str]) -> list[str]:
     parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
     keys = [override.get_key_element().lstrip("+~") for override in parsed]
     return [key for key in keys if key.startswith("method.")]
-
-
-def compose_first(overrides: list[str], config_name: str = "config") -> DictConfig:
-    """The config Hydra will compose for the first job: the first value of each swept key."""
-    from hydra import compose
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
-    check_sweepable([override.get_key_element() for override in parsed if override.is_sweep_override()])
-    first = []
-    for override in parsed:
-        if override.is_sweep_override():
-            values = list(override.sweep_string_iterator())
-            first.append(f"{override.get_key_element()}={values[0]}")
-        else:
-            first.append(override.input_line)
-    with config_loader():
-        return compose(config_name, overrides=first)
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from unlearn import config, exclusions, influence, rundir
-from unlearn.__main__ import CONF_DIR, _output_dir, check_writable, cli, compose_first, config_errors
+from unlearn.__main__ import CONF_DIR, check_jobs, cli
 from unlearn.config import TopicSpec
 from unlearn.corpora import CorpusSpec, is_local, read_texts, resolve_path
 from unlearn.errors import UnlearnError
@@ -409,11 +409,8 @@ def histogram_png(table, similarity: str) -> bytes:
 
 
 def precheck(overrides: list[str], multirun: bool = False) -> None:
-    """Compose the audit config as Hydra will and run the checks that need no weights."""
-    with config_errors():
-        cfg = compose_first(overrides, config_name="audit")
-        plan(cfg)
-        check_writable(_output_dir(cfg, overrides, multirun))
+    """Compose the audit config of every job as Hydra will and run the checks that need no weights."""
+    check_jobs(overrides, multirun, "audit", lambda cfg, job: plan(cfg))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="audit", version_base="1.3")

@@ -103,25 +103,30 @@ def topics(cfg: DictConfig, corpora_needed: bool = True) -> list[TopicSpec]:
     return found
 
 
-def check_added_keys(cfg: DictConfig, sections: tuple[str, ...] = ("model", "logger")) -> None:
-    """Hydra adds a `+key=value` without asking the schema: merging each section into its preset's schema again
-    refuses an unknown key by its full name (`+model.foo=1`). data and eval are merged again where they are read
-    (checked_data, unlearn.evaluation.spec); method's keys have their own rule (method())."""
-    for section in sections:
-        schema = OmegaConf.get_type(cfg, section)
-        if dataclasses.is_dataclass(schema):  # a preset of one's own without its schema line is not typed
-            OmegaConf.merge({section: OmegaConf.structured(schema)},
-                            {section: OmegaConf.to_container(cfg[section], resolve=False)})
+def checked_section(cfg: DictConfig, section: str, untyped: type | None = None) -> DictConfig:
+    """`cfg[section]` merged into its preset's schema once more. Hydra adds a `+key=value` without asking the
+    schema, so this is where an added key the schema lacks is refused by its full name (`+model.foo=1`,
+    `+data.topics.demo.forget.bogus=1`). A preset of one's own without its schema line is merged into `untyped`
+    (None: left as it is). The rest of the config comes along unchecked, for the interpolations into it."""
+    schema = OmegaConf.get_type(cfg, section)
+    if not dataclasses.is_dataclass(schema):
+        schema = untyped
+    if schema is None:
+        return cfg[section]
+    return OmegaConf.merge({section: OmegaConf.structured(schema)}, OmegaConf.to_container(cfg, resolve=False))[section]
+
+
+def check_added_keys(cfg: DictConfig) -> None:
+    """model and logger through their schemas again (data: checked_data, where topics() reads it; eval:
+    unlearn.evaluation.spec; method's keys have their own rule, method())."""
+    for section in ("model", "logger"):
+        checked_section(cfg, section)
 
 
 def checked_data(cfg: DictConfig) -> DictConfig:
-    """`cfg.data` merged into its schema once more, so that OmegaConf rejects a key Hydra added unchecked
-    (`+data.topics.demo.forget.bogus=1`), as unlearn.evaluation.spec does for eval. The rest of the config comes
-    along unchecked, for the interpolations into it; errors name the full key (data.topics...)."""
-    schema = OmegaConf.get_type(cfg.data)  # the preset's: DataSchema, or LocalDataSchema for data=local
-    if not dataclasses.is_dataclass(schema):  # a preset of one's own without the `- data_schema` defaults line
-        schema = DataSchema
-    return OmegaConf.merge({"data": OmegaConf.structured(schema)}, OmegaConf.to_container(cfg, resolve=False)).data
+    """`cfg.data` through its schema again: DataSchema, LocalDataSchema for data=local, DataSchema for a preset
+    of one's own."""
+    return checked_section(cfg, "data", untyped=DataSchema)
 
 
 def _corpus(topic: DictConfig, name: str, side: str, needed: bool) -> CorpusSpec | None:

@@ -11,7 +11,6 @@ the config, the manifest or the logged config.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any

@@ -90,7 +90,7 @@ def test_presets_turn_the_standard_set_on_and_the_defaults_leave_it_off():
     assert EvalSpec.from_config(composed_eval("eval=demo")).attacks == ()
     assert EvalSpec.from_config(composed_eval("eval=wmdp_mmlu")).attacks == ()
     attacked = EvalSpec.from_config(composed_eval("eval=demo_attacks"))
-    assert attacked.attacks == ("relearn", "ablate", "fewshot")
+    assert attacked.attacks == ("relearn", "ablate", "fewshot", "prefix", "latent")
     assert attacked.tasks == ("demo_forget", "demo_retain") and attacked.attack.fewshot.num_fewshot == 5
     zephyr = EvalSpec.from_config(composed_eval("eval=wmdp_mmlu_attacks", "eval.attack.ablate.path=/x/bio.jsonl"))
     assert (zephyr.attack.relearn.lora_rank, zephyr.attack.relearn.lora_alpha, zephyr.attack.relearn.lr) == (128, 16, 2e-4)
@@ -99,8 +99,8 @@ def test_presets_turn_the_standard_set_on_and_the_defaults_leave_it_off():
 
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["eval.attacks=[relearnn]"], "unknown attack 'relearnn' in eval.attacks: did you mean relearn\\? valid names: "
-                                  "relearn, ablate, fewshot"),
-    (["eval.attacks=[jailbreak]"], "unknown attack 'jailbreak' in eval.attacks: valid names: relearn, ablate, fewshot"),
+                                  "relearn, ablate, fewshot, prefix, latent"),
+    (["eval.attacks=[jailbreak]"], "unknown attack 'jailbreak' in eval.attacks: valid names: relearn, ablate, fewshot, prefix, latent"),
     (["eval.attack.relearn.steps=0"], r"eval.attack.relearn.steps must be an integer >= 1 \(got 0\)"),
     (["eval.attack.relearn.steps=-3"], r"eval.attack.relearn.steps must be an integer >= 1 \(got -3\)"),
     (["eval.attack.relearn.lr=0"], "eval.attack.relearn.lr must be a positive number"),
@@ -236,7 +236,7 @@ def test_bad_relearn_files_are_refused_before_anything_starts(monkeypatch, capsy
            "text is not an attack on held-out knowledge" in trained
     unknown = precheck_error(monkeypatch, capsys, tmp_path, *base, "eval.attacks=[relearn,ablation]")
     assert unknown == "error: unknown attack 'ablation' in eval.attacks: did you mean ablate? valid names: relearn, " \
-                      "ablate, fewshot"
+                      "ablate, fewshot, prefix, latent"
     steps = precheck_error(monkeypatch, capsys, tmp_path, *base, "eval.attack.relearn.steps=0")
     assert steps == "error: eval.attack.relearn.steps must be an integer >= 1 (got 0)"
 
@@ -261,8 +261,8 @@ def test_a_run_with_attacks_saves_the_same_model_and_reports_each_attack(tmp_pat
     accuracies they report."""
     common = ["model=tiny-random", "steps=4", "save_model=true"]
     plain = unlearn(*common, "eval=none", f"output_root={tmp_path / 'plain'}")
-    attacked = unlearn(*common, "eval=demo_attacks", "eval.limit=4", "eval.robustness.enabled=false",
-                       "eval.probes.enabled=false", "eval.attack.relearn.steps=2", "eval.attack.relearn.max_length=64",
+    attacked = unlearn(*common, "eval=demo_attacks", "eval.attacks=[relearn,ablate,fewshot]", "eval.limit=4",
+                       "eval.robustness.enabled=false", "eval.probes.enabled=false", "eval.attack.relearn.steps=2", "eval.attack.relearn.max_length=64",
                        "eval.attack.ablate.max_length=64", f"output_root={tmp_path / 'attacked'}")
     assert plain.returncode == 0 and attacked.returncode == 0, attacked.stderr
     runs = [next((tmp_path / name).glob("*/*")) for name in ("plain", "attacked")]

@@ -39,10 +39,10 @@ from omegaconf import OmegaConf
 
 from unlearn import rundir
 from unlearn.accuracy import domain_accuracies
+from unlearn.schema import ATTACKS
 
 EXIT_BAD_INPUT = 2
 LOSSES = ("loss", "forget_loss", "retain_loss")
-ATTACKS = ("relearn", "ablate", "fewshot")  # unlearn.evaluation.spec.ATTACKS (importing it would load lm-eval)
 PO_METHODS = ("npo", "simnpo")
 
 
@@ -125,10 +125,17 @@ def stored_accuracies(evaluation: dict) -> dict[str, float | None]:
 
 
 def _attack_columns(results: dict) -> dict[str, Any]:
-    """Per attack: forget and retain accuracy after it and the recovered fraction, as the run stored them."""
+    """Per attack: forget and retain accuracy after it and the recovered fraction, as the run stored them; for
+    the optimised attacks (scored on held-out questions) also the base model's held-out accuracy, clean and
+    attacked (null for the other attacks)."""
     stored = {"forget_acc": "forget_acc", "retain_acc": "retain_acc", "recovered": "recovered_fraction"}
-    return {f"{name}_{column}": ((results.get("attacks") or {}).get(name) or {}).get(key)
-            for name in ATTACKS for column, key in stored.items()}
+    held = {"base_clean": "base_forget_acc_clean", "base_attacked": "base_forget_acc_attacked"}
+    columns = {}
+    for name in ATTACKS:
+        entry = (results.get("attacks") or {}).get(name) or {}
+        columns.update({f"{name}_{column}": entry.get(key) for column, key in stored.items()})
+        columns.update({f"{name}_{column}": (entry.get("heldout") or {}).get(key) for column, key in held.items()})
+    return columns
 
 
 def _training_columns(run_dir: Path, results: dict) -> dict[str, Any]:
@@ -217,7 +224,9 @@ def markdown(frame: pd.DataFrame, sweep_dir: Path) -> str:
                       "keyword-perturbed retain accuracy (RNA paper)."]
     if any(f"{name}: forget % (recovered)" in table.columns for name in ATTACKS):
         lines += ["Attacks: forget accuracy after the attack, and in brackets the recovered fraction of the forget "
-                  "gap, (attacked - after) / (before - after)."]
+                  "gap, (attacked - after) / (before - after); prefix and latent: on the held-out questions only "
+                  "(before = the base model's, after = the unlearned model's held-out accuracy), with the base "
+                  "model under the same attack beside them."]
     shas, packages = (sorted(frame[column].dropna().unique()) for column in ("git_sha", "versions"))
     if shas or packages:  # what the runs ran: each distinct git sha and package set their manifests recorded
         lines += ["", "Code: unlearn " + (", ".join(f"`{sha}`" for sha in shas) or "unknown"),
@@ -232,7 +241,9 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
         "layer": _cells(frame["layer"]), "coeff": _cells(frame["coeff"], "g"), "nu": _cells(frame["nu"], "g"),
         "forget acc %": _arrow(frame, "forget_acc"), "retain acc %": _arrow(frame, "retain_acc"),
         "robust drop %": _arrow(frame, "robust_drop"),
-        **{f"{name}: forget % (recovered)": _attack_cells(frame, name) for name in ATTACKS},
+        **{column: cells for name in ATTACKS for column, cells in (
+            (f"{name}: forget % (recovered)", _attack_cells(frame, name)),
+            (f"{name}: base % clean -> attacked", _base_cells(frame, name)))},
         "forget loss": _cells(frame["final_forget_loss"], ".4g"),
         "retain loss": _cells(frame["final_retain_loss"], ".4g"),
         "step s": _cells(frame["median_step_time_s"], ".3g"), "error": _cells(frame["error"])})
@@ -254,6 +265,12 @@ def _arrow(frame: pd.DataFrame, key: str) -> pd.Series:
     before, after = frame[f"{key}_before"], frame[f"{key}_after"]
     text = (_percent(before) + " -> ").where(before.notna(), "") + _percent(after)
     return text.where(before.notna() | after.notna(), "")
+
+
+def _base_cells(frame: pd.DataFrame, name: str) -> pd.Series:
+    """The base model's held-out forget accuracy in percent, clean -> under the same attack (its control)."""
+    clean, attacked = frame[f"{name}_base_clean"], frame[f"{name}_base_attacked"]
+    return (_percent(clean) + " -> " + _percent(attacked)).where(attacked.notna(), "")
 
 
 def _attack_cells(frame: pd.DataFrame, name: str) -> pd.Series:

@@ -59,6 +59,7 @@ def plan(cfg: DictConfig, overridden_method_keys: list[str] = ()) -> Plan:
     evaluate_only.check(cfg, eval_spec, topics, model_config)
     if eval_spec is not None:
         attacks.check_attack_files(eval_spec, [c for t in topics for c in (t.forget, t.retain) if c is not None])
+        attacks.check_optimised(eval_spec, num_blocks(model_config))
     return Plan(topics, method, layer, update_layers, device, dtype, eval_spec)
 
 
@@ -118,6 +119,8 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         trust_remote_code=cfg.model.trust_remote_code, seed=cfg.seed,
     )
     params = trained_parameters(model, p.update_layers, cfg.param_pattern)
+    # the base model's values of the trained weights (a few matrices): the optimised attacks' base-model reference
+    originals = {name: w.detach().clone() for name, w in params.items()} if attack_spec is not None else {}
     for weight in params.values():
         weight.requires_grad_(True)
 
@@ -174,7 +177,9 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         results["attacks"] = attacks.run_attacks(
             model, tokenizer, attack_spec, attack_texts, original_means, before=before, after=results["after"],
             trained_blocks=p.update_layers, unlearn_layer=p.layer,
-            control_vectors={t.name: v.detach().cpu() for t, v in zip(p.topics, vectors)})
+            control_vectors={t.name: v.detach().cpu() for t, v in zip(p.topics, vectors)},
+            base_weights=lambda: attacks.weights_swapped({n: (params[n], originals[n]) for n in params}),
+            base_identity=model_identity(cfg.model.name_or_path, seed=cfg.seed), cache_dir=cache_root() / "attacks")
         log.info("%s", format_attacks(results["attacks"]))
         rundir.write_json_atomic(run_dir / rundir.RESULTS, results)
     tracker.log_results(results)

@@ -35,7 +35,8 @@ from omegaconf import MISSING
 
 
 POSITIONS = ("start", "end", "random")
-ATTACKS = ("relearn", "ablate", "fewshot")  # knowledge-recovery attacks (REFERENCE)
+ATTACKS = ("relearn", "ablate", "fewshot", "prefix", "latent")  # knowledge-recovery attacks (REFERENCE), in AttackSpec's order
+OPTIMISED_ATTACKS = ("prefix", "latent")  # fitted on the train split of the forget questions, scored on the rest
 ABLATE_BLOCKS = ("all", "trained")
 
 
@@ -117,12 +118,52 @@ class FewshotSpec:
 
 
 @dataclass
+class SplitSpec:
+    """The seeded train / held-out split of the forget tasks' questions that the optimised attacks share."""
+
+    train_questions: int = _at_least(2)  # questions the attacks are fitted on (over all forget tasks); the rest are scored
+    seed: int = _at_least(0)  # seeds which questions go to the train split
+
+
+@dataclass
+class PrefixSpec:
+    """A universal adversarial prefix found by greedy coordinate gradient search (Zou et al. 2023)."""
+
+    length: int = _at_least(1)  # prefix tokens
+    init: str = MISSING  # the text one prefix token starts as (one token), repeated `length` times
+    steps: int = _at_least(1)  # GCG steps
+    top_k: int = _at_least(1)  # candidate substitutions per position (largest negative gradients)
+    search_width: int = _at_least(1)  # candidates scored per step, one position changed in each
+    batch_size: int = _at_least(1)  # sequences per forward pass when scoring candidates
+    seed: int = _at_least(0)  # seeds the candidate sampling
+    control: bool = MISSING  # also fit and score the same attack on the base model
+
+
+@dataclass
+class LatentSpec:
+    """Universal additive perturbations of block outputs and embeddings, fitted by AdamW (Casper et al. 2024)."""
+
+    blocks: Optional[List[int]] = MISSING  # block outputs perturbed; None = the unlearn layer and 2 blocks either side
+    embeddings: bool = MISSING  # also perturb the token embeddings
+    norm_bound: float = _positive()  # each vector's norm <= norm_bound x the mean token norm at its place
+    lr: float = _positive()  # AdamW learning rate
+    decay: float = _positive()  # exponential learning-rate decay per step (1 = constant)
+    steps: int = _at_least(1)  # AdamW steps, each over the whole train split
+    batch_size: int = _at_least(1)  # sequences per forward pass
+    seed: int = _at_least(0)  # seeds the vectors' initialisation
+    control: bool = MISSING  # also fit and score the same attack on the base model
+
+
+@dataclass
 class AttackSpec:
     """Each attack's settings; None for an attack `eval.attacks` does not list (its settings are not read)."""
 
     relearn: Optional[RelearnSpec] = MISSING
     ablate: Optional[AblateSpec] = MISSING
     fewshot: Optional[FewshotSpec] = MISSING
+    prefix: Optional[PrefixSpec] = MISSING
+    latent: Optional[LatentSpec] = MISSING
+    split: Optional[SplitSpec] = MISSING  # None unless an optimised attack (prefix, latent) is listed
 
 
 @dataclass

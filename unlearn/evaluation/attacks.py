@@ -36,8 +36,9 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,9 +46,11 @@ from torch import nn
 
 from unlearn.corpora import CorpusSpec, Topic, describe, is_local, read_texts, resolve_path
 from unlearn.errors import UnlearnError
+from unlearn.evaluation import optimised
 from unlearn.evaluation.harness import eval_mode
 from unlearn.evaluation.spec import AblateSpec, EvalSpec, RelearnSpec
 from unlearn.evaluation.suite import evaluate
+from unlearn.schema import ATTACKS
 from unlearn.models import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,11 @@ def check_attack_files(spec: EvalSpec, training_corpora: list[CorpusSpec]) -> No
                 "trained-on text is not an attack on held-out knowledge; give held-out text (for the demo "
                 "pkg://unlearn/data/demo/forget_heldout.jsonl or retain_heldout.jsonl)"
             )
+
+
+def check_optimised(spec: EvalSpec, n_blocks: int) -> None:
+    """prefix, latent: the split against the forget questions, choices the loss can read, latent's blocks."""
+    optimised.check(spec, n_blocks)
 
 
 def _relearn_corpus(settings: RelearnSpec) -> CorpusSpec:
@@ -135,6 +143,31 @@ def attack_settings(spec: EvalSpec) -> dict[str, Any]:
 # Running them
 
 
+@dataclass
+class AttackContext:
+    """What an attack may read: the one argument of every function in `ATTACK_FUNCTIONS`."""
+
+    model: nn.Module
+    tokenizer: Any
+    spec: EvalSpec
+    texts: AttackTexts
+    original_means: torch.Tensor | None  # the base model's mean block outputs (ablate), taken before training
+    trained_blocks: list[int]
+    unlearn_layer: int
+    control_vectors: dict[str, torch.Tensor]
+    base_weights: Callable[[], contextlib.AbstractContextManager] | None = None  # inside: the base model's weights
+    base_identity: Any = None  # the base model's cache identity (evaluation.cache.model_identity); None: no cache
+    cache_dir: Path | None = None
+    _memo: dict[str, Any] = field(default_factory=dict)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """`compute()` once per run (e.g. the unlearned model's clean held-out accuracy, which both optimised
+        attacks compare against)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+
 def run_attacks(
     model: nn.Module,
     tokenizer,
@@ -147,35 +180,53 @@ def run_attacks(
     trained_blocks: list[int],
     unlearn_layer: int,
     control_vectors: dict[str, torch.Tensor],
+    base_weights: Callable[[], contextlib.AbstractContextManager] | None = None,
+    base_identity: Any = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """`{attack: entry}` in the order of `spec.attacks`; each entry holds the per-task metrics after the attack,
     forget_acc / retain_acc, the before/after forget accuracies it is measured against, recovered_fraction, the
-    attack's own details and its wall time. The model comes back as it went in (weights, hooks, mode)."""
+    attack's own details and its wall time. The model comes back as it went in (weights, hooks, mode).
+
+    `base_weights()`, a context manager that puts the base model's values into the trained weights, lets the
+    optimised attacks measure the base model on their held-out questions (and fit their controls)."""
     reference = {f"{domain}_acc_{section}": (evaluation or {}).get(f"{domain}_acc")  # as evaluate() stored them
                  for section, evaluation in (("before", before), ("after", after)) for domain in ("forget", "retain")}
+    context = AttackContext(model, tokenizer, spec, texts, original_means, trained_blocks, unlearn_layer,
+                            control_vectors, base_weights, base_identity, cache_dir)
     results: dict[str, Any] = {}
     for name in spec.attacks:
         start = time.perf_counter()
         log.info("knowledge-recovery attack: %s", name)
-        if name == "relearn":
-            evaluation, details = _relearn_attack(model, tokenizer, spec, texts.relearn)
-        elif name == "ablate":
-            evaluation, details = _ablate_attack(model, tokenizer, spec, texts.ablate, original_means,
-                                                 trained_blocks, unlearn_layer, control_vectors)
-        else:
-            evaluation = evaluate_tasks(model, tokenizer, spec, spec.attack.fewshot.num_fewshot)
-            details = {"num_fewshot": spec.attack.fewshot.num_fewshot}
+        evaluation, details = ATTACK_FUNCTIONS[name](context)
+        measured_against = {**reference, **details.pop("reference", {})}  # prefix, latent: the held-out questions'
         results[name] = {
             "tasks": evaluation["tasks"],
             "forget_acc": evaluation["forget_acc"],
             "retain_acc": evaluation["retain_acc"],
-            **reference,
-            "recovered_fraction": recovered_fraction(reference["forget_acc_before"], reference["forget_acc_after"],
-                                                     evaluation["forget_acc"]),
+            **measured_against,
+            "recovered_fraction": recovered_fraction(measured_against["forget_acc_before"],
+                                                     measured_against["forget_acc_after"], evaluation["forget_acc"]),
             **details,
             "seconds": round(time.perf_counter() - start, 1),
         }
     return results
+
+
+@contextlib.contextmanager
+def weights_swapped(weights: dict[str, tuple[nn.Parameter, torch.Tensor]]) -> Iterator[None]:
+    """Inside, each parameter holds the other value given beside it (the base model's, for the trained weights);
+    its own value comes back on the way out (also on an error)."""
+    own = {name: parameter.detach().clone() for name, (parameter, _) in weights.items()}
+    try:
+        with torch.no_grad():
+            for parameter, other in weights.values():
+                parameter.copy_(other)
+        yield
+    finally:
+        with torch.no_grad():
+            for name, (parameter, _) in weights.items():
+                parameter.copy_(own[name])
 
 
 def recovered_fraction(before: float | None, after: float | None, attacked: float | None) -> float | None:
@@ -198,7 +249,8 @@ def evaluate_tasks(model, tokenizer, spec: EvalSpec, num_fewshot: int) -> dict[s
 # Relearning
 
 
-def _relearn_attack(model, tokenizer, spec: EvalSpec, texts: list[str]):
+def _relearn_attack(context: AttackContext):
+    model, tokenizer, spec, texts = context.model, context.tokenizer, context.spec, context.texts.relearn
     settings = spec.attack.relearn
     with relearned(model, tokenizer, texts, settings) as (attacked, losses, trainable):
         evaluation = evaluate_tasks(attacked, tokenizer, spec, spec.num_fewshot)
@@ -305,8 +357,10 @@ def mean_block_outputs(model: nn.Module, tokenizer, texts: list[str], settings: 
     return sums / tokens
 
 
-def _ablate_attack(model, tokenizer, spec: EvalSpec, texts: list[str], original_means, trained_blocks, unlearn_layer,
-                   control_vectors):
+def _ablate_attack(context: AttackContext):
+    model, tokenizer, spec, texts = context.model, context.tokenizer, context.spec, context.texts.ablate
+    original_means, trained_blocks, unlearn_layer = context.original_means, context.trained_blocks, context.unlearn_layer
+    control_vectors = context.control_vectors
     if original_means is None:
         raise UnlearnError("the ablate attack needs the original model's block outputs, taken before training")
     settings = spec.attack.ablate
@@ -343,3 +397,24 @@ def _projection(unit: torch.Tensor):
 def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     """h - (h . u) u for a unit vector u, along the last dimension."""
     return hidden - (hidden @ unit).unsqueeze(-1) * unit
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Few-shot prompting
+
+
+def _fewshot_attack(context: AttackContext):
+    shots = context.spec.attack.fewshot.num_fewshot
+    return evaluate_tasks(context.model, context.tokenizer, context.spec, shots), {"num_fewshot": shots}
+
+
+# Every attack, by the name eval.attacks lists (unlearn.schema.ATTACKS, in that order): one function of the
+# AttackContext returning (an evaluation with tasks, forget_acc and retain_acc; the attack's own details).
+ATTACK_FUNCTIONS: dict[str, Callable[[AttackContext], tuple[dict[str, Any], dict[str, Any]]]] = {
+    "relearn": _relearn_attack,
+    "ablate": _ablate_attack,
+    "fewshot": _fewshot_attack,
+    "prefix": optimised.prefix_attack,
+    "latent": optimised.latent_attack,
+}
+assert tuple(ATTACK_FUNCTIONS) == ATTACKS, "unlearn.schema.ATTACKS and ATTACK_FUNCTIONS list the same attacks"

@@ -17,11 +17,11 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from unlearn.errors import UnlearnError
-from unlearn.schema import (ABLATE_BLOCKS, ATTACKS, POSITIONS, AblateSpec, AttackSpec, EvalSpec, FewshotSpec,
-                            ProbeSpec, RelearnSpec, RobustnessSpec)
+from unlearn.schema import (ABLATE_BLOCKS, ATTACKS, OPTIMISED_ATTACKS, POSITIONS, AblateSpec, AttackSpec, EvalSpec,
+                            FewshotSpec, LatentSpec, PrefixSpec, ProbeSpec, RelearnSpec, RobustnessSpec, SplitSpec)
 
-__all__ = ["AblateSpec", "AttackSpec", "EvalSpec", "FewshotSpec", "ProbeSpec", "RelearnSpec", "RobustnessSpec",
-           "eval_spec"]
+__all__ = ["AblateSpec", "AttackSpec", "EvalSpec", "FewshotSpec", "LatentSpec", "PrefixSpec", "ProbeSpec",
+           "RelearnSpec", "RobustnessSpec", "SplitSpec", "eval_spec"]
 
 
 @dataclass
@@ -63,6 +63,8 @@ def _drop_unlisted_attacks(node: DictConfig, attacks: tuple[str, ...]) -> None:
     for name in ATTACKS:
         if name not in attacks:
             node.attack[name] = None
+    if not set(attacks) & set(OPTIMISED_ATTACKS):
+        node.attack.split = None
 
 
 def _robustness(spec: RobustnessSpec) -> RobustnessSpec:
@@ -110,6 +112,13 @@ def _attack(spec: AttackSpec | None) -> AttackSpec | None:
     if spec.ablate is not None and spec.ablate.blocks not in ABLATE_BLOCKS:
         raise UnlearnError(f"eval.attack.ablate.blocks must be one of {', '.join(ABLATE_BLOCKS)} "
                            f"(got {spec.ablate.blocks!r})")
+    if spec.latent is not None and spec.latent.blocks is not None:
+        if not spec.latent.blocks:
+            raise UnlearnError("eval.attack.latent.blocks is empty: list block indices, or null for the unlearn "
+                               "layer and two blocks either side")
+        spec = replace(spec, latent=replace(spec.latent, blocks=_names(spec.latent.blocks)))
+    if spec.prefix is not None and not spec.prefix.init:
+        raise UnlearnError("eval.attack.prefix.init is empty: give the text of one token (e.g. '!')")
     if spec.relearn is not None and not isinstance(spec.relearn.lora_targets, str):
         spec = replace(spec, relearn=replace(spec.relearn, lora_targets=_names(spec.relearn.lora_targets)))
     return spec

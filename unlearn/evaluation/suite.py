@@ -63,6 +63,18 @@ def _check_probe_file(key: str, path: str) -> None:
         )
 
 
+def task_leaves(spec: EvalSpec) -> tuple[dict[str, list], TaskManager | None]:
+    """Every task name of the spec -> the lm-eval Tasks it runs (built), and the index that knows them."""
+    plan = _plan(spec)
+    return plan.leaves, plan.manager
+
+
+def forget_leaves(spec: EvalSpec) -> list:
+    """The lm-eval Tasks the forget tasks run (groups expanded), each once, in order."""
+    leaves, _ = task_leaves(spec)
+    return list({task_name(task): task for name in spec.forget_tasks for task in leaves[name]}.values())
+
+
 def _plan(spec: EvalSpec) -> _Plan:
     robustness_tasks = spec.robustness.tasks if spec.robustness.enabled else ()
     names = tuple(dict.fromkeys(spec.tasks + robustness_tasks))

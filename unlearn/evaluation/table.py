@@ -70,7 +70,7 @@ def format_attacks(attacks: dict[str, Any]) -> str:
     attack, beside the unlearned model's, and the recovered fraction of the forget gap."""
     if not attacks:
         return ""
-    first = next(iter(attacks.values()))
+    first = next((entry for entry in attacks.values() if "heldout" not in entry), next(iter(attacks.values())))
     rows = [("unlearned (after)", _percent(first.get("forget_acc_after")), _percent(first.get("retain_acc_after")), None)]
     rows += [(f"attack {name}", _percent(entry.get("forget_acc")), _percent(entry.get("retain_acc")),
               entry.get("recovered_fraction")) for name, entry in attacks.items()]
@@ -80,4 +80,12 @@ def format_attacks(attacks: dict[str, Any]) -> str:
         lines.append(f"{label:<{width}}  {_cell(forget, '.1f'):>8}  {_cell(retain, '.1f'):>8}  "
                      f"{_cell(recovered, '.0%') if label != rows[0][0] else '':>9}")
     lines.append("recovered = (forget attacked - after) / (before - after): the share of the forget gap that came back")
+    for name, entry in attacks.items():
+        held = entry.get("heldout")
+        if held:  # fitted on a train split: every forget number is on the held-out questions
+            base = (f"base {_cell(_percent(held['base_forget_acc_clean']), '.1f')} -> "
+                    f"{_cell(_percent(held['base_forget_acc_attacked']), '.1f')}")
+            lines.append(f"{name}: held-out forget, unlearned {_cell(_percent(held['forget_acc_unlearned']), '.1f')} -> "
+                         f"attacked {_cell(_percent(held['forget_acc_attacked']), '.1f')}; {base} "
+                         f"({entry['train_questions']} questions fitted on, {entry['heldout_questions']} held out)")
     return "\n".join(lines)

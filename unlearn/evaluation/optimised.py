@@ -158,8 +158,11 @@ def _no_hooks(_model: nn.Module) -> contextlib.AbstractContextManager:
 # GCG
 
 
-def fit_prefix(model: nn.Module, tokenizer, rows: Rows, settings: PrefixSpec) -> Fitted:
+def fit_prefix(model: nn.Module, tokenizer, rows: Rows, settings: PrefixSpec, snapshots: tuple[int, ...] = ()) -> Fitted:
+    """GCG for `settings.steps` steps; `snapshots`: steps after which the best prefix so far is also kept (in
+    details["snapshots"], step -> text; scripts/bench_attacks.py scores them)."""
     start = time.perf_counter()
+    kept: dict[int, str] = {0: tokenizer.decode(initial_prefix(tokenizer, settings).tolist())} if 0 in snapshots else {}
     prefix = initial_prefix(tokenizer, settings)
     allowed = allowed_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
     generator = torch.Generator().manual_seed(settings.seed)
@@ -167,7 +170,7 @@ def fit_prefix(model: nn.Module, tokenizer, rows: Rows, settings: PrefixSpec) ->
     best, best_loss = prefix.clone(), current_loss
     losses = [current_loss]
     with eval_mode(model), tqdm(range(settings.steps), desc="prefix (GCG)", unit="step") as bar:
-        for _ in bar:
+        for step in bar:
             gradient = token_gradient(model, rows, prefix, settings.batch_size)
             gradient[:, ~allowed] = float("inf")
             top = (-gradient).topk(settings.top_k, dim=1).indices  # (L, k)
@@ -182,10 +185,13 @@ def fit_prefix(model: nn.Module, tokenizer, rows: Rows, settings: PrefixSpec) ->
                     best, best_loss = prefix.clone(), current_loss
             losses.append(current_loss)
             bar.set_postfix(loss=f"{current_loss:.4f}")
+            if step + 1 in snapshots:
+                kept[step + 1] = tokenizer.decode(best.tolist())
     text = tokenizer.decode(best.tolist())
     return Fitted(description=text + SEPARATOR, hooks=_no_hooks, details={
         "prefix": text, "prefix_ids": best.tolist(), "losses": [round(v, 5) for v in losses],
-        "loss_first": losses[0], "loss_last": best_loss, "fit_seconds": round(time.perf_counter() - start, 1)})
+        "loss_first": losses[0], "loss_last": best_loss, "fit_seconds": round(time.perf_counter() - start, 1),
+        **({"snapshots": kept} if snapshots else {})})
 
 
 def initial_prefix(tokenizer, settings: PrefixSpec) -> torch.Tensor:
@@ -193,7 +199,7 @@ def initial_prefix(tokenizer, settings: PrefixSpec) -> torch.Tensor:
     ids = tokenizer(" ".join([settings.init] * settings.length), add_special_tokens=False)["input_ids"]
     if len(ids) < settings.length:
         raise UnlearnError(f"eval.attack.prefix.init={settings.init!r} repeated {settings.length} times is only "
-                           f"{len(ids)} tokens for this tokenizer: give the text of one token (e.g. '!')")
+                           f"{len(ids)} token(s) for this tokenizer: give the text of one token (e.g. '!')")
     return torch.tensor(ids[: settings.length])
 
 

@@ -243,6 +243,23 @@ def test_a_run_with_prefix_and_latent_reports_both_splits_and_the_controls(tmp_p
     assert "prefix: forget % (recovered)" in markdown and "latent: base % clean -> attacked" in markdown
 
 
+def test_tracking_and_the_printed_table_take_the_held_out_numbers():
+    from unlearn.evaluation.table import format_attacks
+    from unlearn.tracking import flatten_results
+
+    held = {"forget_acc_unlearned": 0.2, "forget_acc_attacked": 0.3, "base_forget_acc_clean": 0.6,
+            "base_forget_acc_attacked": 0.65, "base_gain": 0.05}
+    entry = {"tasks": {}, "forget_acc": 0.3, "retain_acc": 0.5, "forget_acc_before": 0.6, "forget_acc_after": 0.2,
+             "retain_acc_after": 0.55, "recovered_fraction": 0.25, "heldout": held, "train_questions": 8,
+             "heldout_questions": 142, "losses": [1.2, 1.1]}
+    flat = flatten_results({"attacks": {"prefix": entry}})
+    assert flat["eval/attacks/prefix/heldout/base_forget_acc_attacked"] == 0.65
+    assert flat["eval/attacks/prefix/recovered_fraction"] == 0.25 and flat["eval/attacks/prefix/losses"] == "1.2,1.1"
+    table = format_attacks({"prefix": entry})
+    assert "prefix: held-out forget, unlearned 20.0 -> attacked 30.0; base 60.0 -> 65.0 (8 questions fitted on, " \
+           "142 held out)" in table and "25%" in table
+
+
 def test_bad_optimised_input_is_refused_before_weights_load(monkeypatch, capsys, tmp_path, corpus_files):
     base = [a.replace("eval=none", "eval=demo_attacks") for a in tiny_args(tmp_path, corpus_files)]
     big = precheck_error(monkeypatch, capsys, tmp_path, *base, "eval.attack.split.train_questions=150")

@@ -96,7 +96,7 @@ def latent_attack(context: AttackContext) -> tuple[dict[str, Any], dict[str, Any
 def _optimised(context: AttackContext, name: str, fit: Callable[[nn.Module, Rows], Fitted]):
     spec, model, tokenizer = context.spec, context.model, context.tokenizer
     settings = getattr(spec.attack, name)
-    split = split_questions(forget_questions(spec), spec.attack.split)
+    split = context.memo("split", lambda: split_questions(forget_questions(spec), spec.attack.split))
     rows = encode(tokenizer, split.train, SEPARATOR)
     clean = context.memo("heldout_clean", lambda: score_heldout(model, tokenizer, spec, split, retain=False))
     log.info("%s: fitting on %d train questions", name, len(split.train))

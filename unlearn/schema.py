@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -37,6 +38,13 @@ from omegaconf import MISSING
 POSITIONS = ("start", "end", "random")
 ATTACKS = ("relearn", "ablate", "fewshot")  # knowledge-recovery attacks (REFERENCE)
 ABLATE_BLOCKS = ("all", "trained")
+
+
+class Optimizer(Enum):
+    """The update rule (unlearn.optim): the old transformers.AdamW, or torch.optim.AdamW."""
+
+    transformers_adamw = "transformers_adamw"
+    adamw = "adamw"
 
 
 def _at_least(minimum: int) -> Any:
@@ -261,6 +269,7 @@ class RMRecipe:
     lr: float = MISSING
     steering_coeff: Any = MISSING  # a number, or one per topic
     alpha: Any = MISSING
+    optimizer: Optimizer = MISSING
 
 
 @dataclass
@@ -270,6 +279,7 @@ class PORecipe:
     steps: int = MISSING
     lr: float = MISSING
     alpha: Any = MISSING
+    optimizer: Optimizer = MISSING
 
 
 @dataclass
@@ -319,6 +329,7 @@ class UnlearnConfig:
     steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
+    optimizer: Optimizer = MISSING
     seed: int = MISSING
     max_length: Optional[int] = MISSING
     mask_padding: bool = MISSING

@@ -220,7 +220,7 @@ class CorpusSchema:
     max_length: int = MISSING  # tokens per document; > 0 (unlearn.config checks)
     name: Optional[str] = None  # a hub dataset's config; not used by a file
     split: str = "train"  # a hub dataset's split; not used by a file
-    raw_lines: bool = False  # feed each JSONL line as raw text (the published cyber run did)
+    raw_lines: bool = False  # feed each line as read, newline included (the published cyber run did)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -37,6 +38,13 @@ from omegaconf import MISSING
 POSITIONS = ("start", "end", "random")
 ATTACKS = ("relearn", "ablate", "fewshot")  # knowledge-recovery attacks (REFERENCE)
 ABLATE_BLOCKS = ("all", "trained")
+
+
+class Scorer(str, Enum):
+    """How lm-eval's log-likelihood requests are computed (unlearn.evaluation.scorer)."""
+
+    shared_context = "shared_context"  # each distinct context run once, LM head only where read; HFLM's numbers
+    hflm = "hflm"  # lm-eval's HFLM itself, one sequence per request: the reference
 
 
 def _at_least(minimum: int) -> Any:
@@ -134,6 +142,7 @@ class EvalSpec:
     include_paths: List[str] = MISSING  # extra directories of lm-eval task YAMLs (`pkg://unlearn/...` allowed)
     before: bool = MISSING  # also evaluate the model before training
     batch_size: Any = MISSING  # passed to lm-eval's HFLM itself; an int or "auto"
+    scorer: Scorer = MISSING  # shared_context | hflm
     limit: Any = MISSING  # documents per task (a fraction when < 1); None = all
     num_fewshot: int = _at_least(0)
     robustness: RobustnessSpec = MISSING

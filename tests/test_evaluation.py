@@ -319,8 +319,10 @@ def test_base_model_results_are_cached(tiny, task_dir, tmp_path, monkeypatch):
 
     run(*tiny, spec, cache_key="tiny://llama", cache_dir=tmp_path, keywords={"virology": ["pathogen"]})
     run(*tiny, EvalSpec.from_config(demo_config(task_dir, limit=2)), cache_key="tiny://llama", cache_dir=tmp_path)
+    run(*tiny, EvalSpec.from_config(demo_config(task_dir, limit=1, scorer="hflm")),  # numbers of another scorer
+        cache_key="tiny://llama", cache_dir=tmp_path)
     run(*tiny, spec)  # no cache key: the trained model, always evaluated
-    assert len(calls) == 4
+    assert len(calls) == 5
 
 
 def test_a_cache_write_cut_short_keeps_the_old_file(tmp_path, monkeypatch):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,6 +164,15 @@ def test_each_distinct_context_goes_through_the_model_once(tiny):
 
 def test_registered_with_lm_eval():
     assert get_model(NAME) is SharedContextLM
+
+
+def test_an_unknown_scorer_is_refused_in_one_line_before_anything_loads(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "unlearn", "eval.scorer=fast", f"output_root={tmp_path / 'out'}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: eval.scorer: Invalid value 'fast', expected one of [shared_context, hflm] "
+                                   "(python -m unlearn --cfg job lists every key with its value)")
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------

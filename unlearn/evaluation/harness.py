@@ -46,6 +46,8 @@ def check_interfaces() -> None:
         "HFLM(pretrained=<model object>, tokenizer=, batch_size=)": _accepts(
             HFLM, "pretrained", "tokenizer", "batch_size"),
         "TaskManager.load": hasattr(TaskManager, "load"),
+        "HFLM._loglikelihood_tokens(requests, disable_tqdm=, override_bs=)": _accepts(
+            HFLM._loglikelihood_tokens, "requests", "disable_tqdm", "override_bs"),  # what SharedContextLM replaces
     }
     moved = [name for name, present in wanted.items() if not present]
     if moved:

@@ -174,8 +174,9 @@ class SharedContextLM(HFLM):
                 owners += [index] * len(continuation)
                 start = end
         logprobs = self._tail_logprobs(tokens, positions, allowed, tail)  # (B, tail, vocab)
-        picked = logprobs[torch.tensor(read_rows), torch.tensor(read_slots)]  # (tokens read, vocab)
-        target = torch.tensor(targets, device=picked.device)
+        device = logprobs.device
+        picked = logprobs[torch.tensor(read_rows, device=device), torch.tensor(read_slots, device=device)]  # (read, V)
+        target = torch.tensor(targets, device=device)
         token_logprob = picked.gather(1, target[:, None]).squeeze(1)
         token_greedy = picked.argmax(dim=-1) == target
         answers: dict[int, list] = defaultdict(list)

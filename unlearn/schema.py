@@ -40,11 +40,18 @@ ATTACKS = ("relearn", "ablate", "fewshot")  # knowledge-recovery attacks (REFERE
 ABLATE_BLOCKS = ("all", "trained")
 
 
-class Optimizer(Enum):
+class Optimizer(str, Enum):
     """The update rule (unlearn.optim): the old transformers.AdamW, or torch.optim.AdamW."""
 
     transformers_adamw = "transformers_adamw"
     adamw = "adamw"
+
+
+class Scorer(str, Enum):
+    """How lm-eval's log-likelihood requests are computed (unlearn.evaluation.scorer)."""
+
+    shared_context = "shared_context"  # each distinct context run once, LM head only where read; HFLM's numbers
+    hflm = "hflm"  # lm-eval's HFLM itself, one sequence per request: the reference
 
 
 def _at_least(minimum: int) -> Any:
@@ -142,6 +149,7 @@ class EvalSpec:
     include_paths: List[str] = MISSING  # extra directories of lm-eval task YAMLs (`pkg://unlearn/...` allowed)
     before: bool = MISSING  # also evaluate the model before training
     batch_size: Any = MISSING  # passed to lm-eval's HFLM itself; an int or "auto"
+    scorer: Scorer = MISSING  # shared_context | hflm
     limit: Any = MISSING  # documents per task (a fraction when < 1); None = all
     num_fewshot: int = _at_least(0)
     robustness: RobustnessSpec = MISSING

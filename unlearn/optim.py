@@ -10,8 +10,9 @@ them, differing in where eps enters.
       p  -= lr / (1 - b1^t) * m_t / (sqrt(v_t) / sqrt(1 - b2^t) + eps)
 
 The two agree up to eps; with eps 1e-6 at step 1 (sqrt(1 - b2) ~ 1/32) the first acts like torch's with an eps
-about 32 times larger, which matters for weights whose gradients are tiny (some down-projection rows): the
-retain term after one step of the Adaptive RMU authors' run on SmolLM2 differs by 0.6% between the two.
+about 32 times larger, which matters for weights whose gradients are tiny (some down-projection rows). REFERENCE
+reports 0.6% on the retain term after one step, side by side with the Adaptive RMU authors' code; on the
+embedded default the two differ as docs/findings.md measures.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def score_heldout(model: nn.Module, tokenizer, spec: EvalSpec, split: Split, *, 
         for task in plan_leaves[name]:
             configs.append(_copy(task, RETAIN_SUFFIX, spec.num_fewshot, description, None))
     raw = run_tasks(model, tokenizer, configs, manager, batch_size=spec.batch_size, limit=spec.limit,
-                    num_fewshot=spec.num_fewshot)
+                    num_fewshot=spec.num_fewshot, scorer=spec.scorer)
     tasks: dict[str, Any] = {}
     for names, suffix in ((spec.forget_tasks, HELDOUT_SUFFIX), (retain_names, RETAIN_SUFFIX)):
         for name in names:

@@ -39,6 +39,7 @@ from unlearn.evaluation.heldout import Split, forget_questions, score_heldout, s
 from unlearn.evaluation.spec import EvalSpec, LatentSpec, PrefixSpec
 from unlearn.evaluation.tasks import fingerprint
 from unlearn.models import capture_block_outputs, decoder_blocks, rewrite_block_outputs
+from unlearn.schema import Scorer
 
 if TYPE_CHECKING:
     from unlearn.evaluation.attacks import AttackContext
@@ -121,7 +122,7 @@ def _base_results(context: AttackContext, name: str, settings, split: Split, fit
     key = {"attack": name, "settings": {k: v for k, v in asdict(settings).items() if k != "control"},
            "split": asdict(spec.attack.split), "model": context.base_identity, "unlearn_layer": context.unlearn_layer,
            "dtype": str(next(model.parameters()).dtype), "device_type": next(model.parameters()).device.type,
-           "batch_size": spec.batch_size, "limit": spec.limit, "num_fewshot": spec.num_fewshot,
+           "batch_size": spec.batch_size, "scorer": Scorer(spec.scorer).value, "limit": spec.limit, "num_fewshot": spec.num_fewshot,
            "tasks": fingerprint(_forget_tasks(spec)), "versions": cache.versions()}
     path = cache.cache_file(context.cache_dir, key) if context.base_identity is not None and context.cache_dir else None
     if path is not None and settings.control:

@@ -40,6 +40,13 @@ ATTACKS = ("relearn", "ablate", "fewshot")  # knowledge-recovery attacks (REFERE
 ABLATE_BLOCKS = ("all", "trained")
 
 
+class Optimizer(str, Enum):
+    """The update rule (unlearn.optim): the old transformers.AdamW, or torch.optim.AdamW."""
+
+    transformers_adamw = "transformers_adamw"
+    adamw = "adamw"
+
+
 class Scorer(str, Enum):
     """How lm-eval's log-likelihood requests are computed (unlearn.evaluation.scorer)."""
 
@@ -221,7 +228,7 @@ class CorpusSchema:
     max_length: int = MISSING  # tokens per document; > 0 (unlearn.config checks)
     name: Optional[str] = None  # a hub dataset's config; not used by a file
     split: str = "train"  # a hub dataset's split; not used by a file
-    raw_lines: bool = False  # feed each JSONL line as raw text (the published cyber run did)
+    raw_lines: bool = False  # feed each line as read, newline included (the published cyber run did)
 
 
 @dataclass
@@ -270,6 +277,7 @@ class RMRecipe:
     lr: float = MISSING
     steering_coeff: Any = MISSING  # a number, or one per topic
     alpha: Any = MISSING
+    optimizer: Optimizer = MISSING
 
 
 @dataclass
@@ -279,6 +287,7 @@ class PORecipe:
     steps: int = MISSING
     lr: float = MISSING
     alpha: Any = MISSING
+    optimizer: Optimizer = MISSING
 
 
 @dataclass
@@ -328,6 +337,7 @@ class UnlearnConfig:
     steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
+    optimizer: Optimizer = MISSING
     seed: int = MISSING
     max_length: Optional[int] = MISSING
     mask_padding: bool = MISSING

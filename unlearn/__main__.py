@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from unlearn import schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
-from unlearn import sweep  # also registers the resolver that names a multirun's run directories
+from unlearn import slurm, sweep  # sweep also registers the resolver that names a multirun's run directories
 from unlearn.errors import UnlearnError
 
 log = logging.getLogger(__name__)
@@ -267,6 +267,8 @@ def check_jobs(overrides: list[str], multirun: bool, search: ConfigSearch,
             raise UnlearnError(f"{swept[0]} has several values, which only a sweep runs: add --multirun to run one "
                                f"job per value (or write a list as {swept[0]}=[...])")
         check_sweepable(swept, list(master.hydra.job.config.override_dirname.exclude_keys))
+        if multirun:  # a launcher runs the jobs of a multirun only
+            slurm.check_launcher(master.hydra)
         compose_job = job_composer(loader, master, swept)
         for number, job in enumerate(jobs, 1):
             with job_named(number, len(jobs), [o for o in job if o.partition("=")[0] in swept]):
@@ -473,6 +475,10 @@ def hydra_main(cfg: DictConfig) -> str:
         raise sweep.JobFailed(f"{run_dir} failed: its manifest.json has the error") from exc
     except KeyboardInterrupt:
         print(f"interrupted: the run directory {run_dir} keeps the metrics so far", file=sys.stderr)
+        if multirun and "SUBMITIT_FOLDER" in os.environ:  # a cluster job cancelled, preempted or out of time
+            # raised to Hydra as a failed job, whose record submitit hands back to the sweep (an exit would leave
+            # none: a cluster without accounting would then wait for it forever)
+            raise sweep.JobFailed(f"{run_dir} was interrupted: its manifest.json says so") from None
         sys.exit(130)
     except Exception as exc:
         if not multirun:

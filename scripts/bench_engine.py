@@ -121,7 +121,7 @@ def measure(args) -> dict:
     records = []
     began = time.perf_counter()
     train(engine, method, [stream], list(params.values()), steps=args.steps, lr=5e-5 if args.method == "rmu" else 2e-5,
-          on_step=records.append, progress=False)
+          optimizer="transformers_adamw" if args.method == "rmu" else "adamw", on_step=records.append, progress=False)
     total = time.perf_counter() - began
     peak = stop()
     timed = [r["step_time_s"] for r in records[args.warmup :]]

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         names = task_dir(files, Path(scratch))
         manager = TaskManager(include_path=scratch, include_defaults=False)
         raw = run_tasks(model, tokenizer, names, manager, batch_size=args.batch_size, limit=None, num_fewshot=0,
-                        log_samples=args.verbose)
+                        scorer="shared_context", log_samples=args.verbose)
     for name, path in zip(names, files):
         metrics = task_metrics(raw, name)
         print(f"{path}: {metrics['n']} questions  acc={metrics['acc']:.3f}  acc_norm={metrics['acc_norm']:.3f}")

@@ -43,6 +43,7 @@ def tiny(tmp_path, corpus_files, *extra):
     ("steps=abc", "steps='abc' is not an integer: give an integer"),
     ("batch_size=-4", "batch_size must be a positive integer"),
     ("lr=0", "lr must be a positive number"),
+    ("optimizer=adam", "optimizer='adam' is not a valid choice: give one of transformers_adamw, adamw"),
     ("method.steering_coeff=-1", "method.steering_coeff must be a non-negative number, got -1"),
     ("method.alpha=-5", "method.alpha must be a non-negative number"),
     ("method.steering_coeff=[1,2]", "method.steering_coeff has 2 values but there are 1 topics (local)"),

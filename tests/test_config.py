@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from unlearn import config
 from unlearn.evaluation import EvalSpec
+from unlearn.schema import Optimizer
 from unlearn.__main__ import CONF_DIR, group_options
 
 
@@ -79,7 +80,7 @@ def test_rna_wraps_every_base_method():
 def test_rna_over_a_base_has_the_base_methods_defaults(base):
     """RNA's config carries each base's defaults (conf/method/rna.yaml `bases`): they must be the base file's."""
     plain, wrapped = composed(f"method={base}"), composed("method=rna", f"method.base={base}")
-    assert (wrapped.steps, wrapped.lr) == (plain.steps, plain.lr)
+    assert (wrapped.steps, wrapped.lr, wrapped.optimizer) == (plain.steps, plain.lr, plain.optimizer)
     for key in config.METHOD_KEYS[base]:
         assert wrapped.method[key] == plain.method[key], key
 
@@ -93,6 +94,18 @@ def test_po_methods_read_their_own_recipe():
     assert (npo.lr, npo.steps, npo.method.alpha, npo.method.beta) == (2e-5, 150, 50, 0.1)
     assert (simnpo.lr, simnpo.steps) == (2e-5, 50)
     assert (rmu.lr, rmu.steps) == (5e-5, 150)
+
+
+@pytest.mark.parametrize("model", ["zephyr-7b-beta", "mistral-7b", "llama3-8b"])
+def test_published_rm_recipes_run_the_old_transformers_adamw(model):
+    """The WMDP RMU code and the Adaptive RMU authors' code import transformers.AdamW: the 7B presets' RM methods,
+    and RNA over them, run its update; NPO and SimNPO (whose released code is not public) run torch's."""
+    for method in (["method=rmu"], ["method=adaptive_rmu"], ["method=rna"], ["method=rna", "method.base=adaptive_rmu"]):
+        assert composed(f"model={model}", *method).optimizer == Optimizer.transformers_adamw, method
+    for method in (["method=npo"], ["method=simnpo"], ["method=rna", "method.base=npo"],
+                   ["method=rna", "method.base=simnpo"]):
+        assert composed(f"model={model}", *method).optimizer == Optimizer.adamw, method
+    assert composed(f"model={model}", "optimizer=adamw").optimizer == Optimizer.adamw
 
 
 def test_update_layers_default_and_explicit():

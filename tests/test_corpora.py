@@ -64,11 +64,35 @@ def test_local_jsonl_txt_and_raw_lines(tmp_path):
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text('{"text": "first"}\n\n{"text": "  "}\n{"text": "second", "id": 2}\n')
     assert read_texts(CorpusSpec(str(jsonl))) == ["first", "second"]  # empty documents dropped
-    assert read_texts(CorpusSpec(str(jsonl), raw_lines=True)) == ['{"text": "first"}', '{"text": "  "}', '{"text": "second", "id": 2}']
+    assert read_texts(CorpusSpec(str(jsonl), raw_lines=True)) == [
+        '{"text": "first"}\n', "\n", '{"text": "  "}\n', '{"text": "second", "id": 2}\n']
     txt = tmp_path / "c.txt"
     txt.write_text("one document\nanother\n")
     assert read_texts(CorpusSpec(str(txt))) == ["one document", "another"]
     assert len(read_texts(CorpusSpec("pkg://unlearn/data/demo/forget.jsonl"))) == 170
+
+
+def test_raw_lines_are_the_published_codes_lines_byte_for_byte(tmp_path, tokenizer):
+    """The WMDP RMU code's get_data reads the cyber corpus as `for line in open(path)`, keeping every line longer
+    than min_len = 0 characters (its command line's default) as it is, newline included, in batches of 4 that it
+    tokenizes with padding and truncation at 768. A JSONL of the corpus's schema, with what could go wrong:
+    escapes, non-ASCII text, a raw U+2028 inside a string (a line separator to str.splitlines, not to a file), a
+    CRLF line ending, a blank line, and no newline at the end."""
+    rows = [{"text": 'a "quoted" word and a \\ backslash'}, {"text": "caf\u00e9 \u2028 next"}, {"text": "x" * 900}]
+    corpus = tmp_path / "cyber-forget-corpus.jsonl"
+    corpus.write_bytes((json.dumps(rows[0]) + "\n" + json.dumps(rows[1], ensure_ascii=False) + "\r\n\n"
+                        + json.dumps(rows[2]) + "\n" + json.dumps({"text": "last"})).encode("utf-8"))
+    with open(corpus) as file:  # the published reading
+        published = [str(line) for line in file if len(line) > 0]
+    ours = read_texts(CorpusSpec(str(corpus), raw_lines=True, max_length=768))
+    assert [text.encode("utf-8") for text in ours] == [text.encode("utf-8") for text in published]
+    assert len(ours) == 5 and ours[1].endswith("next\"}\n") and ours[2] == "\n" and ours[4] == '{"text": "last"}'
+    stream = BatchStream(ours, tokenizer, batch_size=4, max_length=768)
+    expected = tokenizer(published[:4], return_tensors="pt", padding=True, truncation=True, max_length=768)
+    assert torch.equal(stream.batch(0)["input_ids"], expected["input_ids"])
+    assert torch.equal(stream.batch(0)["attention_mask"], expected["attention_mask"])
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+    assert stream.batch(0)["input_ids"][0, -1].item() == newline  # the newline reaches the model
 
 
 def test_hub_code_path_with_a_local_dataset_of_the_same_schema(tmp_path):
@@ -80,7 +104,7 @@ def test_hub_code_path_with_a_local_dataset_of_the_same_schema(tmp_path):
     texts = read_texts(CorpusSpec(str(folder), split="train"))
     assert texts == [f"cyber document {i}" for i in range(6)]
     raw = read_texts(CorpusSpec(str(folder), split="train", raw_lines=True))
-    assert raw[0] == '{"text": "cyber document 0"}'
+    assert raw[0] == '{"text": "cyber document 0"}\n'  # the record written back, not the file's bytes
     with pytest.raises(UnlearnError, match="has no column 'body'"):
         read_texts(CorpusSpec(str(folder), split="train", text_field="body"))
 

@@ -30,8 +30,9 @@ def _train_with(engine_kind: str, arch: str, pattern: str, layer: int, method: M
     built = build(method, n_topics=1, hidden_size=model.config.get_text_config().hidden_size, device="cpu", seed=0)
     built.setup(engine, [streams[0].forget.batch(0)])
     records = []
-    train(engine, built, streams, list(params.values()), steps=steps, lr=1e-2, on_step=records.append,
-          progress=False)
+    optimizer = "adamw" if method.base in ("npo", "simnpo") else "transformers_adamw"  # as the presets; both engines alike
+    train(engine, built, streams, list(params.values()), steps=steps, lr=1e-2, optimizer=optimizer,
+          on_step=records.append, progress=False)
     return records, {name: w.detach().clone() for name, w in params.items()}, model
 
 

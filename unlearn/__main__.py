@@ -442,6 +442,9 @@ def _wrong_type(key: str, message: str) -> str:
                 f"`defaults: [data_schema, _self_]`, and choose it with data=<name> ({LIST_KEYS})")
     if re.match(r"Invalid value assigned: \w+ is not a ListConfig", message):
         return f"{key} is a list: give one, e.g. {key}=[a,b] ({LIST_KEYS})"
+    choice = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", message)  # an Enum field: a closed choice
+    if choice:
+        return f"{key}={choice[1]!r} is not a valid choice: give one of {choice[2]} ({LIST_KEYS})"
     found = (re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", message)
              or re.match(r"Value '(.*)' is not a valid (bool)", message))
     if not found:

@@ -4,6 +4,12 @@ A corpus is a hub dataset (`path` = dataset id, with `name` and `split`), a loca
 line, the document in `text_field`), a local .txt file (one document per line) or a file bundled in the package
 (`pkg://unlearn/...`). Empty documents are dropped, as the reference does for wikitext.
 
+`raw_lines` feeds a local file's lines as the published WMDP code's `get_data` reads its cyber corpus: each line
+as Python's text mode yields it, trailing newline included, none dropped (it keeps lines longer than 0
+characters, so a blank line is a document "\n"). From a hub dataset the records are not lines: each is written
+back with `json.dumps` plus a newline, which matches the published file's bytes only where it was written that
+way; for the exact bytes, point the path at the downloaded JSONL file.
+
 Batching follows the reference by default: consecutive groups of `batch_size` documents in file order, each
 document one sample truncated from the right at `max_length` tokens, padded on the left to the longest in the
 batch. Shuffling, cycling and chunking are options, off by default.
@@ -11,6 +17,7 @@ batch. Shuffling, cycling and chunking are options, off by default.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -32,7 +39,7 @@ class CorpusSpec:
     max_length: int = 512
     name: str | None = None  # hub dataset config
     split: str = "train"
-    raw_lines: bool = False  # feed each JSONL line as raw text (the published cyber run did)
+    raw_lines: bool = False  # feed each line as read, newline included (the published cyber run did)
 
 
 @dataclass
@@ -93,7 +100,8 @@ def check_corpus_file(path: str, what: str) -> None:
 def read_texts(spec: CorpusSpec) -> list[str]:
     """The corpus's non-empty documents, in file order."""
     texts = _read_local(spec) if is_local(spec.path) else _read_hub(spec)
-    texts = [text for text in texts if text.strip()]
+    if not spec.raw_lines:  # raw lines are kept as the published code keeps them, blank ones included
+        texts = [text for text in texts if text.strip()]
     if not texts:
         raise UnlearnError(f"corpus {spec.path} has no non-empty documents: check the file and data.*.text_field")
     return texts
@@ -104,11 +112,15 @@ def _read_local(spec: CorpusSpec) -> list[str]:
     if not path.is_file():
         raise UnlearnError(f"corpus file {path} does not exist: check the data.* path (or data.forget_path/retain_path)")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")  # text mode: "\r\n" and "\r" read as "\n", as open(path) reads them
     except UnicodeDecodeError as exc:
         raise UnlearnError(f"corpus file {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}): "
                            "expected JSON Lines (.jsonl) or plain text (.txt); is it compressed or binary?") from None
-    if path.suffix == ".txt" or spec.raw_lines:
+    lines = list(io.StringIO(text))  # split at "\n" only, each line keeping it, as iterating open(path) does
+    if spec.raw_lines:
+        return lines
+    lines = [line.rstrip("\n") for line in lines]
+    if path.suffix == ".txt":
         return [line for line in lines if line.strip()]
     texts = []
     for number, line in enumerate(lines, start=1):
@@ -147,8 +159,8 @@ def _read_hub(spec: CorpusSpec) -> list[str]:
             f"dataset {spec.path} has no column '{spec.text_field}' (columns: {', '.join(dataset.column_names)}): "
             "set the topic's text_field"
         )
-    if spec.raw_lines:  # the published cyber run fed each record as its raw JSON line
-        return [json.dumps(row) for row in dataset]
+    if spec.raw_lines:  # the published cyber run fed each record as its raw JSON line (written back: not its bytes)
+        return [json.dumps(row) + "\n" for row in dataset]
     return list(dataset[spec.text_field])
 
 

@@ -155,7 +155,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
           f"with {described} at layer {p.layer}")
     losses: list[dict] = []
     train(engine, method, streams, list(params.values()), steps=cfg.steps, lr=cfg.lr,
-          on_step=lambda record: (metrics.write(record), tracker.log_step(record), losses.append(record)))
+          optimizer=cfg.optimizer.value, on_step=lambda record: (metrics.write(record), tracker.log_step(record), losses.append(record)))
     del engine  # frees the frozen copies before evaluation
     model.requires_grad_(False)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -37,6 +38,20 @@ from omegaconf import MISSING
 POSITIONS = ("start", "end", "random")
 ATTACKS = ("relearn", "ablate", "fewshot")  # knowledge-recovery attacks (REFERENCE)
 ABLATE_BLOCKS = ("all", "trained")
+
+
+class Optimizer(str, Enum):
+    """The update rule (unlearn.optim): the old transformers.AdamW, or torch.optim.AdamW."""
+
+    transformers_adamw = "transformers_adamw"
+    adamw = "adamw"
+
+
+class Scorer(str, Enum):
+    """How lm-eval's log-likelihood requests are computed (unlearn.evaluation.scorer)."""
+
+    shared_context = "shared_context"  # each distinct context run once, LM head only where read; HFLM's numbers
+    hflm = "hflm"  # lm-eval's HFLM itself, one sequence per request: the reference
 
 
 def _at_least(minimum: int) -> Any:
@@ -134,6 +149,7 @@ class EvalSpec:
     include_paths: List[str] = MISSING  # extra directories of lm-eval task YAMLs (`pkg://unlearn/...` allowed)
     before: bool = MISSING  # also evaluate the model before training
     batch_size: Any = MISSING  # passed to lm-eval's HFLM itself; an int or "auto"
+    scorer: Scorer = MISSING  # shared_context | hflm
     limit: Any = MISSING  # documents per task (a fraction when < 1); None = all
     num_fewshot: int = _at_least(0)
     robustness: RobustnessSpec = MISSING
@@ -212,7 +228,7 @@ class CorpusSchema:
     max_length: int = MISSING  # tokens per document; > 0 (unlearn.config checks)
     name: Optional[str] = None  # a hub dataset's config; not used by a file
     split: str = "train"  # a hub dataset's split; not used by a file
-    raw_lines: bool = False  # feed each JSONL line as raw text (the published cyber run did)
+    raw_lines: bool = False  # feed each line as read, newline included (the published cyber run did)
 
 
 @dataclass
@@ -261,6 +277,7 @@ class RMRecipe:
     lr: float = MISSING
     steering_coeff: Any = MISSING  # a number, or one per topic
     alpha: Any = MISSING
+    optimizer: Optimizer = MISSING
 
 
 @dataclass
@@ -270,6 +287,7 @@ class PORecipe:
     steps: int = MISSING
     lr: float = MISSING
     alpha: Any = MISSING
+    optimizer: Optimizer = MISSING
 
 
 @dataclass
@@ -319,6 +337,7 @@ class UnlearnConfig:
     steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
+    optimizer: Optimizer = MISSING
     seed: int = MISSING
     max_length: Optional[int] = MISSING
     mask_padding: bool = MISSING

@@ -1,4 +1,5 @@
-"""The training loop shared by every method: AdamW over the few trained weights, one pass, topics alternating.
+"""The training loop shared by every method: AdamW (unlearn.optim) over the few trained weights, one pass, topics
+alternating.
 
 The loop knows no method: it asks the method for the loss parts of a topic's forget and retain batches.
 """
@@ -17,6 +18,7 @@ from unlearn.corpora import BatchStream
 from unlearn.engine import Engine
 from unlearn.errors import UnlearnError
 from unlearn.methods import Method
+from unlearn.optim import make_optimizer
 
 
 @dataclass
@@ -24,11 +26,6 @@ class TopicStreams:
     name: str
     forget: BatchStream
     retain: BatchStream
-
-
-def make_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    # The old transformers.AdamW defaults the reference ran with (eps 1e-6, no weight decay), not torch's.
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0)
 
 
 def train(
@@ -39,15 +36,17 @@ def train(
     *,
     steps: int,
     lr: float,
+    optimizer: str,
     on_step: Callable[[dict], None] = lambda record: None,
     progress: bool = True,
 ) -> None:
-    """Run `steps` optimizer steps; topics alternate (`topic = step % n_topics`, `batch = step // n_topics`).
+    """Run `steps` steps of the optimizer named `optimizer` (unlearn.optim.OPTIMIZERS); topics alternate
+    (`topic = step % n_topics`, `batch = step // n_topics`).
 
     `method.setup` has run. Raises UnlearnError on a non-finite loss, naming the step; KeyboardInterrupt passes
     through (the caller records the run as interrupted).
     """
-    optimizer = make_optimizer(params, lr)
+    updater = make_optimizer(optimizer, params, lr)
     bar = tqdm(range(steps), desc="unlearning", disable=not progress, dynamic_ncols=True)
     for step in bar:
         started = time.perf_counter()
@@ -60,9 +59,9 @@ def train(
                 f"the loss became {loss} at step {step} (topic '{topic.name}'): use dtype=bf16 or dtype=fp32 "
                 "instead of fp16, or lower the steering coefficient or lr"
             )
-        optimizer.zero_grad(set_to_none=True)
+        updater.zero_grad(set_to_none=True)
         parts.loss.backward()
-        optimizer.step()
+        updater.step()
 
         record = {
             "step": step,

@@ -1,6 +1,7 @@
 """Run lm-eval on a live model object: no save, no reload, through lm-eval's documented interface only.
 
-The batch size goes to `HFLM` itself. `simple_evaluate(batch_size=...)` only reaches a model that lm-eval
+The model lm-eval scores with is `SharedContextLM` (unlearn.evaluation.scorer: HFLM's numbers, each distinct
+context run once) or, with `scorer="hflm"`, lm-eval's `HFLM` itself. The batch size goes to the model itself. `simple_evaluate(batch_size=...)` only reaches a model that lm-eval
 builds from a name; a pre-built `HFLM` keeps its own, which defaults to 1 (several times slower).
 
 `check_interfaces` looks, before any weights load, for each piece of lm-eval's interface used here, so an
@@ -25,10 +26,13 @@ from lm_eval.tasks import TaskManager
 from torch import nn
 
 from unlearn.errors import UnlearnError
+from unlearn.evaluation.scorer import SharedContextLM
+from unlearn.schema import Scorer
 
 LM_EVAL_VERSION = lm_eval.__version__
 LM_EVAL_TESTED = ("0.4.12", "0.4.13")  # the oldest (pyproject's floor, scripts/check_floors.sh) and newest tried
 METRICS = ("acc", "acc_norm")  # acc is the papers' metric; acc_norm kept where the task defines it
+SCORERS = {Scorer.shared_context: SharedContextLM, Scorer.hflm: HFLM}  # both take HFLM's arguments
 
 
 def check_interfaces() -> None:
@@ -42,6 +46,8 @@ def check_interfaces() -> None:
         "HFLM(pretrained=<model object>, tokenizer=, batch_size=)": _accepts(
             HFLM, "pretrained", "tokenizer", "batch_size"),
         "TaskManager.load": hasattr(TaskManager, "load"),
+        "HFLM._loglikelihood_tokens(requests, disable_tqdm=, override_bs=)": _accepts(
+            HFLM._loglikelihood_tokens, "requests", "disable_tqdm", "override_bs"),  # what SharedContextLM replaces
     }
     moved = [name for name, present in wanted.items() if not present]
     if moved:
@@ -70,11 +76,13 @@ def run_tasks(
     batch_size: int | str,
     limit: int | float | None,
     num_fewshot: int,
+    scorer: Scorer | str,
     log_samples: bool = False,
 ) -> dict[str, Any]:
-    """lm-eval's raw results for task specs: registered names (tasks, groups, tags) and task config dicts."""
+    """lm-eval's raw results for task specs: registered names (tasks, groups, tags) and task config dicts,
+    scored by `scorer` (a `Scorer` or its name)."""
     with _global_rng_kept(), eval_mode(model), quiet():
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = SCORERS[Scorer(scorer)](pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         return simple_evaluate(
             model=lm,
             tasks=tasks,

@@ -28,6 +28,7 @@ from unlearn.evaluation.spec import EvalSpec, RobustnessSpec
 from unlearn.evaluation.tasks import (
     build, check_task_dirs, describe, find_tasks, fingerprint, kind, resolve_path, task_config, task_name,
 )
+from unlearn.schema import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def _default_cache_dir() -> Path:
 
 def _cache_key(model, cache_key, spec: EvalSpec, plan: _Plan, keyword_topics: dict[str, str]) -> dict[str, Any]:
     """What the lm-eval part of an evaluation depends on: the weights (`cache_key`, see cache.model_identity),
-    how they run (dtype, device type, batch size: padding changes the sums slightly), the task definitions and
+    how they run (dtype, device type, batch size and scorer: padding and packing change the sums slightly), the task definitions and
     documents, the settings and the versions of the code that scores them."""
     settings = spec.robustness
     weight = next(model.parameters())
@@ -170,6 +171,7 @@ def _cache_key(model, cache_key, spec: EvalSpec, plan: _Plan, keyword_topics: di
         "dtype": str(weight.dtype).removeprefix("torch."),
         "device_type": weight.device.type,
         "batch_size": spec.batch_size,
+        "scorer": Scorer(spec.scorer).value,  # the same numbers to float rounding, which can still tip a tie
         "tasks": list(spec.tasks),
         "task_definitions": fingerprint(plan.all_leaves()),
         "limit": spec.limit,
@@ -207,7 +209,7 @@ def _run_lm_eval(model, tokenizer, spec: EvalSpec, plan: _Plan, keyword_topics: 
                 insertions=settings.insertions, seed=settings.seed,
             ))
     raw = run_tasks(model, tokenizer, specs, plan.manager, batch_size=spec.batch_size, limit=spec.limit,
-                    num_fewshot=spec.num_fewshot)
+                    num_fewshot=spec.num_fewshot, scorer=spec.scorer)
     tasks = {reported: task_metrics(raw, reported) for name in spec.tasks for reported in _reported(raw, name, plan)}
     if spec.num_fewshot:  # the copies ran as tasks: a group's accuracy from its tasks', as lm-eval weighs MMLU's
         tasks.update({name: _size_weighted(tasks, plan.leaves[name]) for name in spec.tasks

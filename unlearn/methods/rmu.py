@@ -4,7 +4,10 @@
 
 with `u` a fixed unit vector per topic (uniform [0, 1) entries, normalised), `||.||^2` the mean squared error
 over batch x tokens x d, padding included, as in the published code. RNA (rna.py) replaces the retain target
-`h_l^frozen(x_r)` by a noisy copy through `perturb_retain`.
+`h_l^frozen(x_r)` by a noisy copy through `perturb_retain`. Unlike the published code, the MSEs are float32
+whatever the model dtype (it computes them in bf16) and `u` is drawn in float32 from this project's seeded
+generator (it draws in the model's dtype on its device); the optimizer is its transformers.AdamW on the 7B
+presets (unlearn.optim).
 """
 
 from __future__ import annotations

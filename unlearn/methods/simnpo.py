@@ -5,7 +5,8 @@ length-normalised log-likelihood in its place, and margin gamma = 0 (as the RNA 
     forget = -(2 / beta) * logsigmoid(beta * NLL_theta(x_f))
     retain = alpha * KL(p_ref || p_theta)(x_r)      (method.retain_loss=kl; or =mse)
 
-The retain term and its RNA noise are NPO's (npo.py).
+The retain term, its RNA noise, the optimizer and the differences from the released code (masks, padding in the
+NLL, float32) are NPO's (npo.py).
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from unlearn.errors import UnlearnError
 log = logging.getLogger(__name__)
 
 
-
 def bundled_conf_dir() -> Path:
     """The bundled configs: conf/ ships inside the package in a wheel (unlearn/conf); in a checkout (editable
     install, or the repository on PYTHONPATH) it is the repository's conf/, beside the package."""

@@ -47,8 +47,9 @@ def parse_args() -> argparse.Namespace:
 
 def settings(tiny: bool) -> dict:
     if tiny:
-        return {"model": "tiny-random", "device": "cpu", "rmu_steps": 3, "npo_steps": 3, "limit": 6}
-    return {"model": "mistral-7b-shape", "device": "cuda", "rmu_steps": 150, "npo_steps": 6, "limit": None}
+        return {"model": "tiny-random", "device": "cpu", "rmu_steps": 3, "npo_steps": 3, "limit": 6, "warm_up": False}
+    return {"model": "mistral-7b-shape", "device": "cuda", "rmu_steps": 150, "npo_steps": 6, "limit": None,
+            "warm_up": True}
 
 
 def engine_run(setting: dict, *, method: str, engine: str, steps: int) -> dict:
@@ -89,7 +90,7 @@ def question_tasks() -> dict[str, list[dict]]:
     return {"letters": letters, "cloze": cloze}, manager
 
 
-def throughput(model, tokenizer, tasks: list[dict], manager, *, batch_size: int, limit) -> dict:
+def throughput(model, tokenizer, tasks: list[dict], manager, *, batch_size: int, limit, warm_up: bool) -> dict:
     """Questions per second of each scorer on `tasks` (after a warm-up of each), and their accuracies."""
     import torch
 
@@ -101,7 +102,8 @@ def throughput(model, tokenizer, tasks: list[dict], manager, *, batch_size: int,
 
     figures = {}
     for scorer in SCORERS:
-        run(scorer, 2)  # warm-up: datasets built, kernels chosen
+        if warm_up:
+            run(scorer, 2)  # datasets built, kernels chosen
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -148,7 +150,8 @@ def main() -> int:
     model, tokenizer = eval_model(setting)
     tasks, manager = question_tasks()
     write("eval", {"batch_size": args.eval_batch_size, **{
-        form: throughput(model, tokenizer, configs, manager, batch_size=args.eval_batch_size, limit=setting["limit"])
+        form: throughput(model, tokenizer, configs, manager, batch_size=args.eval_batch_size, limit=setting["limit"],
+                              warm_up=setting["warm_up"])
         for form, configs in tasks.items()}})
     print(f"wrote {args.out} ({figures['wall_s']} s)")
     return 0

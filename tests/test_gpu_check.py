@@ -20,6 +20,7 @@ def run_check(*args: str) -> subprocess.CompletedProcess:
                           cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
 
 
+@pytest.mark.slow  # three engine runs and four evaluations, each engine in its own process: 2.5 min when shared
 def test_tiny_check_writes_every_figure(tmp_path):
     out = tmp_path / "figures" / "check.json"
     done = run_check("--tiny", "--out", str(out), "--eval-batch-size", "4")

@@ -170,7 +170,7 @@ def test_an_unknown_scorer_is_refused_in_one_line_before_anything_loads(tmp_path
     done = subprocess.run([sys.executable, "-m", "unlearn", "eval.scorer=fast", f"output_root={tmp_path / 'out'}"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("error: eval.scorer: Invalid value 'fast', expected one of [shared_context, hflm] "
+    assert done.stderr.strip() == ("error: eval.scorer='fast' is not a valid choice: give one of shared_context, hflm "
                                    "(python -m unlearn --cfg job lists every key with its value)")
     assert not (tmp_path / "out").exists()
 
@@ -274,6 +274,20 @@ def test_smollm2_scores_match_hflm(task_dir):
     reference, ours = (scored_samples(raws[s]) for s in ("hflm", "shared_context"))
     for task in reference:
         assert_same(reference[task], ours[task])
-    assert any(greedy for task in ours for _, greedy in ours[task])  # the flags are exercised, not all False
+    # the greedy flags, on continuations that are the model's own greedy choices (none of the tasks' answers is)
+    prompts = ["The capital of France is", "Question: What is the protein shell of a virus called?\nAnswer:"]
+    greedy_requests = []
+    for prompt in prompts:
+        tokens = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            generated = model.generate(tokens, max_new_tokens=3, do_sample=False)[0, tokens.shape[1]:]
+        text = tokenizer.decode(generated)
+        greedy_requests += [Instance("loglikelihood", {}, (prompt, text), 0),
+                            Instance("loglikelihood", {}, (prompt, text + " and"), 0)]
+    expected = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4).loglikelihood(greedy_requests,
+                                                                                      disable_tqdm=True)
+    assert [greedy for _, greedy in expected] == [True, False, True, False]
+    assert_same(expected, SharedContextLM(pretrained=model, tokenizer=tokenizer, batch_size=4).loglikelihood(
+        greedy_requests, disable_tqdm=True))
     assert {task: raws["shared_context"]["results"][task] for task in reference} == \
         {task: raws["hflm"]["results"][task] for task in reference}

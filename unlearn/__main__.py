@@ -20,19 +20,147 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from unlearn import schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
-from unlearn import sweep  # also registers the resolver that names a multirun's run directories
+from unlearn import slurm, sweep  # sweep also registers the resolver that names a multirun's run directories
 from unlearn.errors import UnlearnError
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def bundled_conf_dir() -> Path:
+    """The bundled configs: conf/ ships inside the package in a wheel (unlearn/conf); in a checkout (editable
+    install, or the repository on PYTHONPATH) it is the repository's conf/, beside the package."""
+    package = Path(__file__).resolve().parent
+    return package / "conf" if (package / "conf").is_dir() else package.parent / "conf"
+
+
+CONF_DIR = bundled_conf_dir()
 GROUPS = ("model", "method", "data", "eval", "logger", "experiment")
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
               "--version", "--resolve", "--package", "-p"}
+# Hydra's flags that take a value (--info's is optional: one of its choices)
+VALUE_FLAGS = {"--config-path": "-cp", "--config-name": "-cn", "--config-dir": "-cd", "--cfg": "-c",
+               "--package": "-p", "--experimental-rerun": None}
+INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+SEARCHPATH = "hydra.searchpath"
 EXIT_BAD_INPUT = 2
+
+
+@dataclasses.dataclass
+class ConfigSearch:
+    """Where Hydra finds the configs of one command line: the primary folder (the bundled conf/, or a
+    --config-path that holds the config) and the folders that add presets (--config-dir), which Hydra puts
+    after the primary folder and before the command line's hydra.searchpath."""
+
+    config_name: str = "config"
+    primary: Path = CONF_DIR
+    added: tuple[Path, ...] = ()
+
+    def overrides(self, overrides: list[str]) -> list[str]:
+        """`overrides` with the added folders at the head of hydra.searchpath, as Hydra searches them: the
+        pre-check's loader then composes from the same search path as the run."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        given = [o for o in overrides if o.partition("=")[0] == SEARCHPATH]
+        if not given and not self.added:
+            return list(overrides)
+        if given:
+            with config_errors():
+                entries = OverridesParser.create().parse_override(given[-1]).value()
+        else:  # a primary config of one's own may set it
+            primary = OmegaConf.load(self.primary / f"{self.config_name}.yaml")
+            entries = OmegaConf.select(primary, SEARCHPATH) or []
+        if not isinstance(entries, (list, ListConfig)):
+            raise UnlearnError(f"{SEARCHPATH} must be a list of folders, e.g. {SEARCHPATH}=[file://my_conf]")
+        for entry in map(str, entries):  # Hydra itself only warns, and then finds no preset there
+            if entry.startswith("file://") and not Path(entry[len("file://"):]).expanduser().is_dir():
+                raise UnlearnError(f"{SEARCHPATH} names {entry}, which is no directory: give the folder that holds "
+                                   f"your presets, e.g. {SEARCHPATH}=[file://my_conf]")
+        entries = [f"file://{folder}" for folder in self.added] + [str(entry) for entry in entries]
+        quoted = ",".join(f"'{entry}'" for entry in entries)
+        return [o for o in overrides if o not in given] + [f"{SEARCHPATH}=[{quoted}]"]
+
+    def searchpath_overrides(self, overrides: list[str]) -> list[str]:
+        return [o for o in self.overrides(overrides) if o.partition("=")[0] == SEARCHPATH]
+
+
+@dataclasses.dataclass
+class CommandLine:
+    """The arguments as Hydra will read them: its flags (each with its value) and the overrides."""
+
+    flags: list[str]
+    overrides: list[str]
+    search: ConfigSearch
+
+    @property
+    def multirun(self) -> bool:
+        return "--multirun" in self.flags or "-m" in self.flags
+
+    @property
+    def informational(self) -> bool:
+        return bool(INFO_FLAGS.intersection(self.flags))
+
+    def argv(self) -> list[str]:
+        return [*self.flags, *self.overrides]  # flags first: Hydra's parser takes the overrides in one run
+
+
+def read_command_line(arguments: list[str], config_name: str) -> CommandLine:
+    """Hydra's flags apart from the overrides. A folder of presets is found the Hydra way: `--config-dir DIR`
+    adds it; so does `--config-path DIR` when DIR holds no config of that name (with one, DIR is the primary
+    folder as in Hydra, and the bundled presets stay in the search path after it); relative folders are taken
+    from the working directory; `hydra.searchpath=[file://DIR]` adds DIR too."""
+    flags, overrides, values = [], [], {}
+    position = 0
+    while position < len(arguments):
+        argument = arguments[position]
+        position += 1
+        flag, sep, value = argument.partition("=")
+        long_flag = next((name for name, short in VALUE_FLAGS.items() if flag in (name, short)), None)
+        if long_flag is not None:
+            if not sep:
+                if position == len(arguments):
+                    raise UnlearnError(f"{flag} needs a value")
+                value, position = arguments[position], position + 1
+            values[long_flag] = value
+        elif argument in ("--info", "-i") and position < len(arguments) and arguments[position] in INFO_CHOICES:
+            flags += [argument, arguments[position]]
+            position += 1
+        elif argument.startswith("-"):
+            flags.append(argument)
+        else:
+            overrides.append(argument)
+    config_name = values.get("--config-name", config_name)
+    config_dir = values.pop("--config-dir", None)
+    added = [_folder(config_dir, "--config-dir")] if config_dir else []
+    primary = CONF_DIR
+    if "--config-path" in values:
+        folder = _folder(values.pop("--config-path"), "--config-path")
+        if (folder / f"{config_name}.yaml").is_file():
+            primary = folder
+            values["--config-path"] = str(folder)
+            if not added:
+                added = [CONF_DIR]
+        elif added:
+            raise UnlearnError(f"--config-path {folder} holds no {config_name}.yaml, so it only adds presets, as "
+                               "--config-dir does: give one folder with --config-dir, more with "
+                               f"{SEARCHPATH}=[file://DIR1,file://DIR2]")
+        else:
+            added = [folder]
+    if added:
+        values["--config-dir"] = str(added[0])
+    for flag, value in values.items():
+        flags += [flag, value]
+    return CommandLine(flags, overrides, ConfigSearch(config_name, primary, tuple(added)))
+
+
+def _folder(given: str, flag: str) -> Path:
+    folder = Path(given).expanduser().absolute()
+    if not folder.is_dir():
+        raise UnlearnError(f"{flag} {given}: no such directory ({folder}); give the folder that holds your presets, "
+                           "e.g. my_conf with my_conf/data/two.yaml")
+    return folder
 
 def ascii_lookalike(text: str) -> str:
     """`text` with every character that Unicode lists as looking like an ASCII one replaced by it: NFKC folds
@@ -53,12 +181,19 @@ def ascii_lookalike(text: str) -> str:
     return folded.translate(str.maketrans(replacements))
 
 
-def group_options(group: str) -> list[str]:
-    folder = CONF_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+def group_options(group: str, search: ConfigSearch | None = None, overrides: list[str] = ()) -> list[str]:
+    """The presets of a config group in the whole search path (bundled, --config-dir, hydra.searchpath),
+    without the schemas the ConfigStore holds beside them."""
+    from hydra.core.object_type import ObjectType
+
+    search = search or ConfigSearch()
+    with config_errors(), config_loader(search) as loader:
+        options = loader.get_group_options(group, results_filter=ObjectType.CONFIG, config_name=search.config_name,
+                                           overrides=search.searchpath_overrides(list(overrides)))
+    return sorted(name for name in options if not name.endswith("_schema"))
 
 
-def normalize_argument(argument: str) -> str:
+def normalize_argument(argument: str, options_of: Callable[[str], list[str]] = group_options) -> str:
     """Replace look-alike letters in a group choice when that makes it exactly one valid name (with a warning);
     reject an unknown group choice with the closest names."""
     key, sep, value = argument.partition("=")
@@ -68,7 +203,7 @@ def normalize_argument(argument: str) -> str:
             odd = [f"'{ch}' (U+{ord(ch):04X})" for ch in argument if not ch.isascii()]
             print(f"warning: non-ASCII characters in argument {argument!r}: {', '.join(odd)}", file=sys.stderr)
         return argument
-    options = group_options(group)
+    options = options_of(group)
     if value in options:
         return argument
     ascii_value = ascii_lookalike(value)
@@ -95,14 +230,9 @@ def check_writable(directory: Path) -> None:
                            "choose another with output_root=... (or hydra.sweep.dir=... for a sweep)")
 
 
-def check_sweepable(swept_keys: list[str]) -> None:
-    """Swept keys must name their jobs apart: a key left out of run-directory names would put every job of the
-    sweep in one directory, each overwriting (or skipping as done) the one before."""
-    from omegaconf import OmegaConf
-
-    if not swept_keys:
-        return
-    excluded = list(OmegaConf.load(CONF_DIR / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+def check_sweepable(swept_keys: list[str], excluded: list[str]) -> None:
+    """Swept keys must name their jobs apart: a key left out of run-directory names (`excluded`) would put every
+    job of the sweep in one directory, each overwriting (or skipping as done) the one before."""
     for key in swept_keys:
         if sweep.is_excluded(key, excluded):
             raise UnlearnError(f"cannot sweep {key}: it is left out of run-directory names ({', '.join(excluded)}), "
@@ -110,7 +240,7 @@ def check_sweepable(swept_keys: list[str]) -> None:
                                "each with its own hydra.sweep.dir=...")
 
 
-def precheck(overrides: list[str], multirun: bool = False) -> None:
+def precheck(overrides: list[str], multirun: bool = False, search: ConfigSearch | None = None) -> None:
     """`python -m unlearn`'s pre-check: every job's plan (the checks that need no weights) and its logger."""
     from unlearn.run import plan
     from unlearn.tracking import check_logger
@@ -119,23 +249,25 @@ def precheck(overrides: list[str], multirun: bool = False) -> None:
         plan(cfg, method_keys(job))
         check_logger(cfg)
 
-    check_jobs(overrides, multirun, "config", check)
+    check_jobs(overrides, multirun, search or ConfigSearch("config"), check)
 
 
-def check_jobs(overrides: list[str], multirun: bool, config_name: str,
+def check_jobs(overrides: list[str], multirun: bool, search: ConfigSearch,
                check: Callable[[DictConfig, list[str]], None]) -> None:
-    """Compose the config of every job Hydra will run (each combination of a sweep) exactly as Hydra will, and
-    `check(config, job overrides)` each: a bad value in a sweep stops it before any job starts. Then the output
-    directory Hydra will write to must be writable."""
-    with config_errors(), config_loader() as loader:
-        master = loader.load_configuration(config_name, overrides, run_mode=RunMode.MULTIRUN, from_shell=True,
-                                           validate_sweep_overrides=False)
+    """Compose the config of every job Hydra will run (each combination of a sweep) exactly as Hydra will, from
+    the same search path, and `check(config, job overrides)` each: a bad value in a sweep stops it before any
+    job starts. Then the output directory Hydra will write to must be writable."""
+    with config_errors(), config_loader(search) as loader:
+        master = loader.load_configuration(search.config_name, search.overrides(overrides), run_mode=RunMode.MULTIRUN,
+                                           from_shell=True, validate_sweep_overrides=False)
         multirun = multirun or master.hydra.mode == RunMode.MULTIRUN  # an experiment preset can ask for one
         jobs, swept = sweep.planned_jobs(loader, master)
         if not multirun and swept:
             raise UnlearnError(f"{swept[0]} has several values, which only a sweep runs: add --multirun to run one "
                                f"job per value (or write a list as {swept[0]}=[...])")
-        check_sweepable(swept)
+        check_sweepable(swept, list(master.hydra.job.config.override_dirname.exclude_keys))
+        if multirun:  # a launcher runs the jobs of a multirun only
+            slurm.check_launcher(master.hydra)
         compose_job = job_composer(loader, master, swept)
         for number, job in enumerate(jobs, 1):
             with job_named(number, len(jobs), [o for o in job if o.partition("=")[0] in swept]):
@@ -219,15 +351,17 @@ def group_detector(loader, master: DictConfig):
 
 
 @contextmanager
-def config_loader():
-    """Hydra's config loader on conf/, as `python -m unlearn` uses it."""
+def config_loader(search: ConfigSearch | None = None):
+    """Hydra's config loader on the primary config folder (the bundled conf/ unless the command line gives one
+    of its own), as `python -m unlearn` uses it; `search.overrides` adds the other folders to what it loads."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    if not CONF_DIR.is_dir():
-        raise UnlearnError(f"config directory {CONF_DIR} is missing: install unlearn from its repository with "
-                           "`pip install -e .`")
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    primary = (search or ConfigSearch()).primary
+    if not (primary / "config.yaml").is_file() and primary == CONF_DIR:
+        raise UnlearnError(f"the bundled configs are missing from {CONF_DIR}: reinstall unlearn (pip install "
+                           "unlearn, or pip install -e . in its repository)")
+    with initialize_config_dir(str(primary), version_base="1.3"):
         yield GlobalHydra.instance().config_loader()
 
 
@@ -343,6 +477,10 @@ def hydra_main(cfg: DictConfig) -> str:
         raise sweep.JobFailed(f"{run_dir} failed: its manifest.json has the error") from exc
     except KeyboardInterrupt:
         print(f"interrupted: the run directory {run_dir} keeps the metrics so far", file=sys.stderr)
+        if multirun and "SUBMITIT_FOLDER" in os.environ:  # a cluster job cancelled, preempted or out of time
+            # raised to Hydra as a failed job, whose record submitit hands back to the sweep (an exit would leave
+            # none: a cluster without accounting would then wait for it forever)
+            raise sweep.JobFailed(f"{run_dir} was interrupted: its manifest.json says so") from None
         sys.exit(130)
     except Exception as exc:
         if not multirun:
@@ -355,25 +493,31 @@ def hydra_main(cfg: DictConfig) -> str:
 
 def main() -> None:
     try:
-        cli(hydra_main, precheck)
+        cli(hydra_main, precheck, "config")
     finally:
         sweep.summarize_unfinished()  # a sweep that ended on a failed job or an interrupt still gets its summary
 
 
-def cli(entry, check) -> None:
-    """Normalise the arguments, `check(overrides, multirun)` them (an UnlearnError is one line and exit 2),
-    then hand over to the Hydra entry."""
+def cli(entry, check, config_name: str) -> None:
+    """Read Hydra's flags, normalise the overrides, `check(overrides, multirun, search)` them (an UnlearnError
+    is one line and exit 2), then hand over to the Hydra entry."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    arguments = sys.argv[1:]
     try:
-        arguments = [normalize_argument(a) if not a.startswith("-") else a for a in arguments]
-        if not INFO_FLAGS.intersection(arguments):
-            multirun = "--multirun" in arguments or "-m" in arguments
-            check([a for a in arguments if not a.startswith("-")], multirun)
+        command = read_command_line(sys.argv[1:], config_name)
+        options: dict[str, list[str]] = {}
+
+        def options_of(group: str) -> list[str]:
+            if group not in options:
+                options[group] = group_options(group, command.search, command.overrides)
+            return options[group]
+
+        command.overrides = [normalize_argument(a, options_of) for a in command.overrides]
+        if not command.informational:
+            check(command.overrides, command.multirun, command.search)
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    sys.argv = [sys.argv[0], *arguments]
+    sys.argv = [sys.argv[0], *command.argv()]
     entry()
 
 

@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from unlearn import config, exclusions, influence, rundir
-from unlearn.__main__ import CONF_DIR, check_jobs, cli
+from unlearn.__main__ import CONF_DIR, ConfigSearch, check_jobs, cli
 from unlearn.config import TopicSpec
 from unlearn.corpora import CorpusSpec, is_local, read_texts, resolve_path
 from unlearn.errors import UnlearnError
@@ -408,9 +408,9 @@ def histogram_png(table, similarity: str) -> bytes:
 # Command line
 
 
-def precheck(overrides: list[str], multirun: bool = False) -> None:
+def precheck(overrides: list[str], multirun: bool = False, search: ConfigSearch | None = None) -> None:
     """Compose the audit config of every job as Hydra will and run the checks that need no weights."""
-    check_jobs(overrides, multirun, "audit", lambda cfg, job: plan(cfg))
+    check_jobs(overrides, multirun, search or ConfigSearch("audit"), lambda cfg, job: plan(cfg))
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="audit", version_base="1.3")
@@ -428,7 +428,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    cli(hydra_main, precheck)
+    cli(hydra_main, precheck, "audit")
 
 
 if __name__ == "__main__":

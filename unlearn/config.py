@@ -125,8 +125,14 @@ def check_added_keys(cfg: DictConfig) -> None:
 
 def checked_data(cfg: DictConfig) -> DictConfig:
     """`cfg.data` through its schema again: DataSchema, LocalDataSchema for data=local, DataSchema for a preset
-    of one's own."""
-    return checked_section(cfg, "data", untyped=DataSchema)
+    of one's own. Its own keys (not the topics', which topics() reads with their own messages) are set: a preset
+    of one's own may leave out a key the schema requires."""
+    data = checked_section(cfg, "data", untyped=DataSchema)
+    for key in data:
+        if key != "topics" and not str(key).endswith("_path") and OmegaConf.is_missing(data, key):
+            raise UnlearnError(f"data.{key} is required but not set: give it in your data preset (the bundled "
+                               f"data=demo lists every key, each commented) or as data.{key}=...")
+    return data
 
 
 def _corpus(topic: DictConfig, name: str, side: str, needed: bool) -> CorpusSpec | None:

@@ -78,7 +78,11 @@ def versions() -> dict[str, str]:
 
 
 def _git_sha() -> str:
+    """The checkout's commit; "unknown" for an installed package (whose folder may lie inside another
+    repository, e.g. a .venv in a clone, whose commit is not this code's)."""
     root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return "unknown"
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

@@ -159,10 +159,13 @@ def test_an_installed_wheel_runs_a_sweep_of_ones_own_preset_and_reports_it(insta
 def test_ones_own_presets_the_hydra_ways(how, tmp_path, monkeypatch, capsys):
     """--config-dir, --config-path (a folder without a config.yaml of its own adds presets, as --config-dir) and
     hydra.searchpath: the pre-check composes the preset from the same search path as Hydra, which runs it."""
+    from hydra.core.hydra_config import HydraConfig
+
     from unlearn.__main__ import main
 
     write_two_topics(tmp_path)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # Hydra's in-process run sets it: unset it afterwards
     monkeypatch.setattr(sys, "argv", ["unlearn", *how, "data=two", "model=tiny-random", "eval=none", "--cfg", "job"])
     main()
     if not how[0].startswith("hydra.searchpath"):  # as Hydra gets it: one folder that adds presets

@@ -35,3 +35,15 @@ def corpus_files(tmp_path: Path) -> tuple[Path, Path]:
                 file.write(json.dumps({"text": f"{side} document {i}: {text}."}) + "\n")
         paths.append(path)
     return paths[0], paths[1]
+
+
+def eval_preset(name: str, *overrides: str) -> dict:
+    """conf/eval/<name>.yaml as Hydra composes it (over conf/eval/base.yaml), as plain values."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import unlearn.schema  # noqa: F401  (registers the config schemas)
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"eval={name}", *overrides])
+    return OmegaConf.to_container(cfg.eval, resolve=True)

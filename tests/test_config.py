@@ -25,6 +25,8 @@ def test_every_option_composes_and_resolves(group):
         extra = ["data.forget_path=f.jsonl", "data.retain_path=r.jsonl"] if option == "local" else []
         if option == "wmdp" or option == "wmdp_bio":
             extra = ["data.topics.bio.forget.path=bio.jsonl"]
+        if (group, option) == ("eval", "base"):  # every setting but the tasks, which a preset (or the command line) names
+            extra = ["eval.tasks=[a,b]", "eval.forget_tasks=[a]", "eval.retain_tasks=[b]", "eval.robustness.tasks=[b]"]
         cfg = composed(f"{group}={option}", *extra)
         if (group, option) == ("eval", "none"):  # an evaluation that runs nothing leaves its settings unset
             assert EvalSpec.from_config(cfg.eval) is None

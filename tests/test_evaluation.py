@@ -15,7 +15,6 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from unlearn.__main__ import config_errors
 from unlearn.errors import UnlearnError
@@ -24,6 +23,9 @@ from unlearn.evaluation.probes import probe_texts_statistics
 from unlearn.evaluation.robustness import insert_keyword, perturbed_task_config
 from unlearn.evaluation.tasks import build, find_tasks, task_config
 from unlearn.models import load_model
+
+from tests.conftest import eval_preset
+from tests.test_cli import only_run_dir, tiny_args, unlearn
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_TASKS = REPO / "unlearn/evaluation/tasks/demo"
@@ -69,8 +71,8 @@ def task_dir(tmp_path_factory) -> Path:
 
 
 def demo_config(task_dir: Path, **overrides) -> dict:
-    """conf/eval/demo.yaml reading tasks from `task_dir`; overrides as key=value or section__key=value."""
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/demo.yaml"))
+    """eval=demo reading tasks from `task_dir`; overrides as key=value or section__key=value."""
+    cfg = eval_preset("demo")
     cfg["include_paths"] = [str(task_dir)]
     for key, value in overrides.items():
         section, _, leaf = key.partition("__")
@@ -93,7 +95,7 @@ def run(model, tokenizer, spec, **kwargs):
 
 @pytest.mark.parametrize("preset", ["demo", "wmdp_mmlu", "none"])
 def test_every_preset_validates(preset):
-    spec = EvalSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / f"conf/eval/{preset}.yaml")))
+    spec = EvalSpec.from_config(eval_preset(preset))
     if preset == "none":  # evaluates nothing: no spec, and none of the settings it leaves unset are read
         assert spec is None
         return
@@ -102,7 +104,7 @@ def test_every_preset_validates(preset):
 
 
 def test_wmdp_mmlu_names_are_lm_eval_tasks():
-    spec = EvalSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/wmdp_mmlu.yaml")))
+    spec = EvalSpec.from_config(eval_preset("wmdp_mmlu"))
     manager = find_tasks(spec.tasks + spec.robustness.tasks, ())
     assert "mmlu" in manager.all_groups
     assert {"wmdp_bio", "wmdp_cyber", "mmlu_virology", "mmlu_computer_security"} <= set(manager.all_tasks)
@@ -347,7 +349,7 @@ def test_a_cache_write_cut_short_keeps_the_old_file(tmp_path, monkeypatch):
 
 def test_offline_hub_task_fails_fast_with_the_fix(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)  # older datasets: HF_DATASETS_OFFLINE (set by conftest)
-    spec = EvalSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/wmdp_mmlu.yaml")))
+    spec = EvalSpec.from_config(eval_preset("wmdp_mmlu"))
     with pytest.raises(UnlearnError) as error:
         check_tasks(spec)
     message = str(error.value)
@@ -359,13 +361,13 @@ def test_offline_hub_task_fails_fast_with_the_fix(monkeypatch):
 def test_offline_hub_task_fails_in_evaluate_before_any_scoring(tiny, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)  # older datasets: HF_DATASETS_OFFLINE (set by conftest)
     monkeypatch.setattr(suite, "run_tasks", lambda *a, **k: pytest.fail("lm-eval should not run"))
-    spec = EvalSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/wmdp_mmlu.yaml")))
+    spec = EvalSpec.from_config(eval_preset("wmdp_mmlu"))
     with pytest.raises(UnlearnError, match="cais/wmdp"):
         run(*tiny, spec)
 
 
 def test_unknown_task_suggests_the_close_match():
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/wmdp_mmlu.yaml"))
+    cfg = eval_preset("wmdp_mmlu")
     cfg.update(tasks=["mmlu_virolgy"], forget_tasks=[], retain_tasks=[])
     cfg["robustness"]["enabled"] = False
     with pytest.raises(UnlearnError, match=r"unknown lm-eval task 'mmlu_virolgy' \(did you mean mmlu_virology"):
@@ -382,6 +384,26 @@ def test_invalid_task_yaml_is_named(tmp_path):
     (tmp_path / "broken.yaml").write_text("dataset_path: json\n")
     with pytest.raises(UnlearnError, match=r"broken\.yaml defines no task"):
         check_tasks(spec)
+
+
+def test_tasks_are_built_once_per_process_and_again_when_a_file_changes(tmp_path, monkeypatch):
+    """The pre-check, the job's plan, each evaluation and each attack share the built tasks; an edited task or
+    data file in an include directory is read again."""
+    for path in [*DEMO_TASKS.glob("*yaml"), *DEMO_TASKS.glob("*.py"), *FIXTURES.glob("*.jsonl")]:
+        shutil.copy(path, tmp_path)  # the task files, their custom_dataset loader, the fixture questions
+    built = []
+    real_build = suite.build
+    monkeypatch.setattr(suite, "build", lambda manager, name: built.append(name) or real_build(manager, name))
+    spec = EvalSpec.from_config(demo_config(tmp_path))
+    check_tasks(spec)
+    check_tasks(spec)
+    leaves = suite.forget_leaves(spec)
+    assert sorted(built) == ["demo_forget", "demo_retain"]
+    questions = (tmp_path / "demo_forget.jsonl").read_text().splitlines(keepends=True)
+    assert len(leaves[0].eval_docs) == len(questions) > 3
+    (tmp_path / "demo_forget.jsonl").write_text("".join(questions[:3]))
+    assert len(suite.forget_leaves(spec)[0].eval_docs) == 3
+    assert sorted(built) == ["demo_forget", "demo_forget", "demo_retain", "demo_retain"]
 
 
 def _lonely_task(tmp_path: Path, data_file: str, builder: str = "json") -> EvalSpec:
@@ -469,10 +491,37 @@ def test_format_table_shows_before_after_and_change():
                     reason="the bundled demo questions are not written yet")
 def test_bundled_demo_preset_runs_from_any_directory(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/demo.yaml"))
+    cfg = eval_preset("demo")
     cfg["limit"] = 2
     cfg["probes"]["enabled"] = False  # its held-out texts are another test's business
     spec = EvalSpec.from_config(cfg)
     check_tasks(spec)
     results = run(*tiny, spec)
     assert [m["n"] for m in results["tasks"].values()] == [2, 2]
+
+
+BENCHMARK_PRESET = """\
+defaults: [base, _self_]
+name: my_bench
+include_paths: [{tasks}]
+tasks: [demo_forget, demo_retain]
+forget_tasks: [demo_forget]
+retain_tasks: [demo_retain]
+robustness: {{tasks: [demo_retain]}}
+limit: 3
+"""
+
+
+def test_a_benchmark_preset_of_ten_lines_extends_the_base(tmp_path, corpus_files, task_dir):
+    """A preset of one's own names its tasks; every other setting comes from conf/eval/base.yaml."""
+    (tmp_path / "my_conf/eval").mkdir(parents=True)
+    (tmp_path / "my_conf/eval/my_bench.yaml").write_text(BENCHMARK_PRESET.format(tasks=task_dir))
+    done = unlearn("--config-dir", str(tmp_path / "my_conf"),
+                   *tiny_args(tmp_path, corpus_files, "eval=my_bench", "eval.before=false", "steps=1",
+                              "data.topics.local.keywords=[virus]"))
+    assert done.returncode == 0, done.stderr
+    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
+    assert results["after"]["settings"] == {"limit": 3, "num_fewshot": 0, "batch_size": 32}  # limit: the preset's; the rest: the base's
+    assert set(results["after"]["tasks"]) == {"demo_forget", "demo_retain"}
+    assert results["after"]["robustness"]["position"] == "random"  # the base's robustness settings
+    assert results["after"]["probes"] is None  # off in the base: a benchmark ships no held-out text

@@ -27,6 +27,8 @@ from unlearn.evaluation.scorer import NAME, SharedContextLM
 from unlearn.evaluation.tasks import build, find_tasks, task_config
 from unlearn.models import load_model
 
+from tests.conftest import eval_preset
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO_TASKS = REPO / "unlearn/evaluation/tasks/demo"
 FIXTURES = REPO / "tests/fixtures"
@@ -223,7 +225,7 @@ def test_evaluation_results_identical_to_hflm(tiny, task_dir, num_fewshot):
     model, tokenizer = tiny
     results = {}
     for scorer in ("hflm", "shared_context"):
-        cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf/eval/demo.yaml"))
+        cfg = eval_preset("demo")
         cfg.update(include_paths=[str(task_dir)], scorer=scorer, num_fewshot=num_fewshot, batch_size=8)
         done = evaluate(model, tokenizer, EvalSpec.from_config(cfg), unlearn_layer=7, control_vectors={},
                         keywords={"virology": ["virus", "gain-of-function research"]}, probe_texts=None)

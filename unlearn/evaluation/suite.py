@@ -10,6 +10,7 @@ each run draws, so they are never cached.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,15 @@ def _plan(spec: EvalSpec) -> _Plan:
     if not names:
         return _Plan(manager=None, leaves={}, clean=())
     check_interfaces()
+    return _built_plan(names, robustness_tasks, dirs, _files_stamp(dirs))
+
+
+@functools.lru_cache(maxsize=16)
+def _built_plan(names: tuple[str, ...], robustness_tasks: tuple[str, ...], dirs: tuple[Path, ...],
+                stamp: tuple) -> _Plan:
+    """The tasks built (their datasets loaded) once per process: a sweep's pre-check, each job's plan, its
+    evaluations and its attacks share them. `stamp` is the include directories' files by path, size and
+    modification time, so a task file or data file edited there is read again."""
     manager = find_tasks(names, dirs)
     with quiet():  # building tasks maps their datasets: one progress bar each
         leaves = {name: build(manager, name) for name in names}
@@ -93,6 +103,12 @@ def _plan(spec: EvalSpec) -> _Plan:
                 f"(e.g. {', '.join(task_name(t) for t in leaves[name][:3])})"
             )
     return _Plan(manager=manager, leaves=leaves, clean=_each_task_once(leaves))
+
+
+def _files_stamp(dirs: tuple[Path, ...]) -> tuple:
+    files = sorted(path for folder in dirs for path in folder.rglob("*")
+                   if path.is_file() and "__pycache__" not in path.parts)
+    return tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files)
 
 
 def _each_task_once(leaves: dict[str, list]) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from dataclasses import replace
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from unlearn.__main__ import CONF_DIR
+from unlearn.cli import CONF_DIR
 from unlearn.corpora import CorpusSpec, read_texts
 from unlearn.evaluation import eval_spec
 from unlearn.evaluation.attacks import evaluate_tasks, recovered_fraction, relearned

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from unlearn import config
 from unlearn.evaluation import eval_spec
 from unlearn.schema import Optimizer
-from unlearn.__main__ import CONF_DIR, group_options
+from unlearn.cli import CONF_DIR, group_options
 
 
 def composed(*overrides: str):

@@ -122,7 +122,7 @@ def test_train_false_needs_no_training_corpus(monkeypatch, capsys, tmp_path):
     """Evaluating a released checkpoint on WMDP's data config must not ask for the gated bio forget corpus:
     nothing trains. Training with the same config still does."""
     from tests.test_bad_input import precheck_error
-    from unlearn.__main__ import precheck
+    from unlearn.cli import precheck
 
     args = ["model=tiny-random", "data=wmdp", "eval=demo", f"output_root={tmp_path / 'out'}"]
     precheck([*args, "train=false"])  # passes: no corpus is read

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unlearn.__main__ import config_errors
+from unlearn.cli import config_errors
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import check_tasks, eval_spec, evaluate, format_table, suite
 from unlearn.evaluation.probes import probe_texts_statistics

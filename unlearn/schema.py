@@ -35,24 +35,64 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
-POSITIONS = ("start", "end", "random")
 ATTACKS = ("relearn", "ablate", "fewshot", "prefix", "latent")  # knowledge-recovery attacks (REFERENCE), in AttackSpec's order
 OPTIMISED_ATTACKS = ("prefix", "latent")  # fitted on the train split of the forget questions, scored on the rest
-ABLATE_BLOCKS = ("all", "trained")
 
 
-class Optimizer(str, Enum):
+class Choice(str, Enum):
+    """A closed choice of the config: OmegaConf refuses any other value by the field's type (the CLI words it:
+    "key='x' is not a valid choice: give one of ..."); it compares, formats and serialises as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Optimizer(Choice):
     """The update rule (unlearn.optim): the old transformers.AdamW, or torch.optim.AdamW."""
 
     transformers_adamw = "transformers_adamw"
     adamw = "adamw"
 
 
-class Scorer(str, Enum):
+class Scorer(Choice):
     """How lm-eval's log-likelihood requests are computed (unlearn.evaluation.scorer)."""
 
     shared_context = "shared_context"  # each distinct context run once, LM head only where read; HFLM's numbers
     hflm = "hflm"  # lm-eval's HFLM itself, one sequence per request: the reference
+
+
+class RetainLoss(Choice):
+    """NPO's and SimNPO's retain term (unlearn.methods.losses)."""
+
+    kl = "kl"  # KL divergence to the frozen reference model's next-token distribution
+    mse = "mse"  # MSE of log-probabilities
+
+
+class Position(Choice):
+    """Where the robustness test inserts a forget keyword."""
+
+    start = "start"
+    end = "end"
+    random = "random"  # a random word boundary, seeded per question
+
+
+class AblateBlocks(Choice):
+    all = "all"  # every block's output
+    trained = "trained"  # only the blocks whose weights trained
+
+
+class WandbMode(Choice):
+    auto = "auto"  # W&B's own settings decide (unlearn.tracking)
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class Similarity(Choice):
+    """The audit's similarity of per-document probe gradients (unlearn.influence)."""
+
+    gc = "gc"  # gradient cosine
+    gd = "gd"  # gradient dot product
 
 
 def _at_least(minimum: int) -> Any:
@@ -71,7 +111,7 @@ class RobustnessSpec:
 
     enabled: bool = MISSING
     tasks: List[str] = MISSING  # retain tasks (lm-eval YAML tasks, not groups) to perturb
-    position: str = MISSING  # start | end | random (a random word boundary, seeded per question)
+    position: Position = MISSING
     insertions: int = _at_least(1)  # copies of the keyword inserted into each question
     seed: int = _at_least(0)  # seeds the random positions; question i gets the same positions for every keyword
     field: str = MISSING  # the document field the keyword goes into
@@ -122,7 +162,7 @@ class AblateSpec:
     max_length: int = _at_least(2)
     batch_size: int = _at_least(1)
     skip_tokens: int = _at_least(0)  # the first tokens of each document left out of the means (besides special tokens)
-    blocks: str = MISSING  # all | trained
+    blocks: AblateBlocks = MISSING
 
 
 @dataclass
@@ -222,7 +262,7 @@ class POConfig:
     name: str = MISSING
     recipe: Any = MISSING
     beta: float = MISSING
-    retain_loss: str = MISSING
+    retain_loss: RetainLoss = MISSING
     alpha: Any = MISSING
 
 
@@ -243,7 +283,7 @@ class RNAConfig:
     recipe: Any = MISSING
     steering_coeff: Any = MISSING
     beta: Optional[float] = MISSING
-    retain_loss: str = MISSING
+    retain_loss: RetainLoss = MISSING
     alpha: Any = MISSING
 
 
@@ -336,7 +376,7 @@ class NoLogger:
 @dataclass
 class WandbLogger:
     name: str = MISSING
-    mode: str = MISSING  # auto | online | offline | disabled (unlearn.tracking checks)
+    mode: WandbMode = MISSING
     project: str = MISSING
     entity: Optional[str] = MISSING
     group: Optional[str] = MISSING
@@ -378,10 +418,37 @@ class UnlearnConfig:
 
 
 @dataclass
-class AuditRunConfig(UnlearnConfig):
-    """conf/audit.yaml: the training config plus the audit's own keys (checked in unlearn.audit)."""
+class AuditReference:
+    forget_path: Optional[str] = MISSING  # a clean forget-class file for every topic; give both or neither
+    retain_path: Optional[str] = MISSING
+    text_field: str = MISSING
+    heldout_fraction: float = MISSING  # in (0, 1): with no reference file, this share of each corpus is held out
 
-    audit: Any = MISSING
+
+@dataclass
+class AuditProbe:
+    inverse_l2: float = MISSING  # > 0
+    max_iter: int = MISSING  # > 0
+
+
+@dataclass
+class AuditSchema:
+    """conf/audit.yaml's `audit:` section (ranges: unlearn.audit.plan)."""
+
+    similarity: Similarity = MISSING
+    flag_fraction: float = MISSING  # in (0, 1)
+    reference: AuditReference = MISSING
+    probe: AuditProbe = MISSING
+    batch_size: int = MISSING  # > 0, and the three below
+    excerpt_chars: int = MISSING
+    top: int = MISSING
+
+
+@dataclass
+class AuditRunConfig(UnlearnConfig):
+    """conf/audit.yaml: the training config plus the audit's own keys."""
+
+    audit: AuditSchema = MISSING
 
 
 def register() -> None:

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from unlearn.errors import UnlearnError
 
-MODES = ("auto", "online", "offline", "disabled")
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +61,6 @@ def check_logger(cfg: DictConfig) -> None:
     name = cfg.logger.name
     if name not in ("none", "wandb"):
         raise UnlearnError(f"logger={name!r} is not a logger: use logger=wandb or logger=none")
-    if name == "wandb" and cfg.logger.mode not in MODES:
-        raise UnlearnError(f"logger.mode={cfg.logger.mode!r} is not a W&B mode: use {', '.join(MODES)}")
 
 
 def start_tracker(cfg: DictConfig, run_dir: Path, multirun: bool):

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from unlearn.errors import UnlearnError
-from unlearn.schema import ABLATE_BLOCKS, ATTACKS, OPTIMISED_ATTACKS, POSITIONS, AttackSpec, EvalSpec, ProbeSpec, RobustnessSpec
+from unlearn.schema import ATTACKS, OPTIMISED_ATTACKS, AttackSpec, EvalSpec, ProbeSpec, RobustnessSpec
 
 
 @dataclass
@@ -64,8 +64,6 @@ def _drop_unlisted_attacks(node: DictConfig, attacks: tuple[str, ...]) -> None:
 
 
 def _robustness(spec: RobustnessSpec) -> RobustnessSpec:
-    if spec.position not in POSITIONS:
-        raise UnlearnError(f"eval.robustness.position must be one of {', '.join(POSITIONS)} (got {spec.position!r})")
     if spec.enabled and not spec.tasks:
         raise UnlearnError(
             "eval.robustness.enabled=true needs retain tasks to perturb: set eval.robustness.tasks=[...] "
@@ -105,9 +103,6 @@ def _attack(spec: AttackSpec | None) -> AttackSpec | None:
                 f"eval.attack.{name}.path is required for the {name} attack: give {what} "
                 f"(eval.attack.{name}.path=/path/to/text.jsonl), or leave {name} out of eval.attacks"
             )
-    if spec.ablate is not None and spec.ablate.blocks not in ABLATE_BLOCKS:
-        raise UnlearnError(f"eval.attack.ablate.blocks must be one of {', '.join(ABLATE_BLOCKS)} "
-                           f"(got {spec.ablate.blocks!r})")
     if spec.latent is not None and spec.latent.blocks is not None:
         if not spec.latent.blocks:
             raise UnlearnError("eval.attack.latent.blocks is empty: list block indices, or null for the unlearn "

@@ -31,7 +31,6 @@ METHOD_KEYS = {
 BASES = tuple(METHOD_KEYS)
 METHODS = (*BASES, "rna")
 PO_METHODS = ("npo", "simnpo")
-RETAIN_LOSSES = ("kl", "mse")
 
 
 class Method(Protocol):
@@ -89,6 +88,6 @@ def _draw_vectors(n_topics: int, hidden_size: int, device, seed: int) -> list[to
 
 
 __all__ = [
-    "BASES", "METHODS", "METHOD_KEYS", "PO_METHODS", "RETAIN_LOSSES", "LossParts", "Method", "MethodSpec",
+    "BASES", "METHODS", "METHOD_KEYS", "PO_METHODS", "LossParts", "Method", "MethodSpec",
     "Steering", "build", "control_vector",
 ]

@@ -15,12 +15,13 @@ Coefficient = `method.steering_coeff` (RMU, RNA over RMU), `method.beta` (Adapti
 `method.alpha` (NPO, SimNPO, RNA over them: their forget term has no target scale, so the retain weight is the
 knob). Runs are grouped by variant: the method with its base and retain term, e.g. `npo+kl`, `rna/simnpo+mse`.
 Forget (retain) accuracy = the `forget_acc` (`retain_acc`) the run stored with each evaluation in results.json,
-the unweighted mean `acc` of its forget (retain) tasks; for a run written before they were stored, the same mean
-(unlearn.accuracy).
+the unweighted mean `acc` of its forget (retain) tasks (unlearn.accuracy).
 Attack columns (`<attack>_forget_acc`, `<attack>_retain_acc`, `<attack>_recovered`) are read from results.json's
 `attacks`, where the run computed them.
 Runs that failed, were interrupted or are still running are listed with their status and the losses they got
-to; only completed runs enter the plots. Safe to run on a sweep that is still going.
+to; only completed runs enter the plots. A run whose manifest.json or config.yaml cannot be read, or whose
+results.json cannot be read though it completed, is listed as `unreadable: <file>: <why>`, never as completed.
+Safe to run on a sweep that is still going.
 """
 
 from __future__ import annotations
@@ -38,12 +39,11 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from unlearn import rundir
-from unlearn.accuracy import domain_accuracies
+from unlearn.errors import EXIT_BAD_INPUT, first_line
+from unlearn.methods import PO_METHODS, variant
 from unlearn.schema import ATTACKS
 
-EXIT_BAD_INPUT = 2
 LOSSES = ("loss", "forget_loss", "retain_loss")
-PO_METHODS = ("npo", "simnpo")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -61,29 +61,25 @@ def coefficient(config: dict) -> tuple[str | None, Any]:
     return (key, _text(method.get(key))) if key in method else (None, None)
 
 
-def variant(method: dict) -> str | None:
-    """The method as compared across runs: `rmu`, `adaptive_rmu`, `npo+kl`, `rna/rmu`, `rna/simnpo+mse`."""
-    name, base = method.get("name"), _base(method)
-    if name is None:
-        return None
-    label = base + (f"+{method.get('retain_loss')}" if base in PO_METHODS else "")
-    return f"rna/{label}" if name == "rna" else label
-
-
 def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     """One table row: what the run's config.yaml, manifest.json, results.json and metrics.jsonl say."""
-    config = _read_yaml(run_dir / rundir.CONFIG) or {}
-    manifest = rundir.read_json(run_dir / rundir.MANIFEST) or {}
+    unreadable = []  # (file, why) of each file that is there but cannot be read
+    config = _read(run_dir / rundir.CONFIG, lambda text: OmegaConf.to_container(OmegaConf.create(text)), unreadable)
+    manifest = _read(run_dir / rundir.MANIFEST, json.loads, unreadable)
     status = manifest.get("status", "not started")
-    # A results.json next to an unfinished manifest belongs to an earlier attempt: leave it out.
-    results = (rundir.read_json(run_dir / rundir.RESULTS) or {}) if status == "completed" else {}
+    results = {}
+    if status == "completed":  # a results.json next to an unfinished manifest belongs to an earlier attempt
+        results = _read(run_dir / rundir.RESULTS, json.loads, unreadable, needed=True)
+    if unreadable:
+        status = "unreadable: " + "; ".join(f"{file}: {why}" for file, why in unreadable)
     method, versions = config.get("method") or {}, manifest.get("versions") or {}
     po, rna = _base(method) in PO_METHODS, method.get("name") == "rna"
     coeff_key, coeff = coefficient(config)
     return {
         "run": str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else ".", "status": status,
         "method": method.get("name", manifest.get("method")), "base": method.get("base") if rna else None,
-        "variant": variant(method) or manifest.get("method"),
+        "variant": variant(method["name"], method.get("base"), method.get("retain_loss")) if method.get("name")
+        else manifest.get("method"),
         "retain_loss": method.get("retain_loss") if po else None, "beta": method.get("beta") if po else None,
         "model": (config.get("model") or {}).get("name", manifest.get("model")),
         "layer": config.get("layer", manifest.get("layer")), "update_layers": _text(manifest.get("update_layers")),
@@ -102,7 +98,7 @@ def _evaluation_columns(results: dict) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for section in ("before", "after"):
         evaluation = results.get(section) or {}
-        columns.update({f"{key}_{section}": value for key, value in stored_accuracies(evaluation).items()})
+        columns.update({f"{key}_{section}": evaluation.get(key) for key in ("forget_acc", "retain_acc")})
         robustness = evaluation.get("robustness") or {}
         columns.update({f"robust_{what}_{section}": robustness.get(what) for what in ("clean", "perturbed", "drop")})
         for text_set in ("forget", "retain"):
@@ -114,14 +110,6 @@ def _evaluation_columns(results: dict) -> dict[str, Any]:
         columns.update({f"acc_{section}/{task}": metrics.get("acc")
                         for task, metrics in (evaluation.get("tasks") or {}).items()})
     return columns
-
-
-def stored_accuracies(evaluation: dict) -> dict[str, float | None]:
-    """The evaluation's stored forget_acc and retain_acc; for a run written before they were stored, the same
-    definition (unlearn.accuracy) applied to its tasks."""
-    if not evaluation or "forget_acc" in evaluation:
-        return {key: (evaluation or {}).get(key) for key in ("forget_acc", "retain_acc")}
-    return domain_accuracies(evaluation)
 
 
 def _attack_columns(results: dict) -> dict[str, Any]:
@@ -153,12 +141,21 @@ def _training_columns(run_dir: Path, results: dict) -> dict[str, Any]:
             "median_step_time_s": training.get("median_step_time_s") or float(step_time)}
 
 
-def _read_yaml(path: Path) -> dict | None:
+def _read(path: Path, parse, unreadable: list[tuple[str, str]], needed: bool = False) -> dict:
+    """The file's mapping; {} when it is absent (a run not yet that far), or when it cannot be read, which is
+    then added to `unreadable` with why (absence too, where the run must have written it)."""
     try:
-        loaded = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception:  # missing, or not YAML: the row shows what the manifest says
-        return None
-    return loaded if isinstance(loaded, dict) else None
+        loaded = parse(path.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise ValueError(f"holds a {type(loaded).__name__}, not a mapping")
+        return loaded
+    except FileNotFoundError:
+        why = "missing" if needed else None
+    except Exception as exc:  # cut short, not JSON/YAML, unreadable: say so instead of passing as complete
+        why = first_line(exc)
+    if why:
+        unreadable.append((path.name, why))
+    return {}
 
 
 def _read_metrics(path: Path) -> list[dict]:

@@ -31,7 +31,6 @@ def npo_forget_loss(nll_theta: torch.Tensor, nll_ref: torch.Tensor, beta: float)
 class PreferenceMethod:
     """What NPO and SimNPO share: the retain term and the forward passes; `forget_term` is each one's own."""
 
-    reads_logits = True
     steering = None
 
     def __init__(self, beta: float, alphas: list[float], retain_loss: str, mask_padding: bool = False):

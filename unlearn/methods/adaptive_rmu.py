@@ -25,10 +25,6 @@ def mean_token_norm(h_frozen_forget: torch.Tensor) -> float:
     return h_frozen_forget.float().norm(dim=-1).mean(dim=1).mean().item()
 
 
-def adaptive_coefficient(h_frozen_forget: torch.Tensor, beta: float) -> float:
-    return beta * mean_token_norm(h_frozen_forget)
-
-
 class AdaptiveRMU(RMU):
     """RMU whose coefficients are set in `setup`, from the frozen model, and logged at every step."""
 

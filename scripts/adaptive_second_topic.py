@@ -16,11 +16,12 @@ import argparse
 
 import torch
 
+from unlearn.blocks import trained_parameters
 from unlearn.corpora import BatchStream, CorpusSpec, read_texts
 from unlearn.engine import FastEngine
 from unlearn.methods import MethodSpec, build
 from unlearn.methods.adaptive_rmu import mean_token_norm
-from unlearn.models import load_model, trained_parameters
+from unlearn.models import load_model
 from unlearn.train import TopicStreams, train
 
 

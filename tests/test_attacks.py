@@ -21,13 +21,14 @@ from tests.test_bad_input import precheck_error
 from tests.test_cli import tiny_args, unlearn
 from tests.test_report import BEFORE, evaluation, make_run
 from unlearn import report
+from unlearn.blocks import decoder_blocks
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import EvalSpec, evaluate
 from unlearn.evaluation.attacks import (
     AttackTexts, _right_padded, mean_block_outputs, project_out, projected_out, recovered_fraction, relearned,
     run_attacks,
 )
-from unlearn.models import decoder_blocks, load_model
+from unlearn.models import load_model
 
 DEMO_TASKS = REPO / "unlearn/evaluation/tasks/demo"
 FIXTURES = REPO / "tests/fixtures/eval"

@@ -15,13 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save as safetensors_bytes
 
 from unlearn import config, evaluate_only, exclusions, rundir
+from unlearn.blocks import check_model_layout, trained_parameters
 from unlearn.config import TopicSpec
 from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, read_texts
 from unlearn.engine import FastEngine
 from unlearn.methods import MethodSpec, build as build_method, variant
 from unlearn.evaluation import EvalSpec, attacks, check_tasks, evaluate, format_attacks, format_table
 from unlearn.evaluation.cache import model_identity
-from unlearn.models import cache_root, check_model_layout, load_model, load_model_config, num_blocks, trained_parameters
+from unlearn.models import cache_root, load_model, load_model_config, num_blocks
 from unlearn.tracking import NullTracker, start_tracker
 from unlearn.train import TopicStreams, train
 

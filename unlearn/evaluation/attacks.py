@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unlearn.blocks import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 from unlearn.corpora import CorpusSpec, Topic, describe, is_local, read_texts, resolve_path
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import optimised
@@ -51,7 +52,6 @@ from unlearn.evaluation.harness import eval_mode
 from unlearn.evaluation.spec import AblateSpec, EvalSpec, RelearnSpec
 from unlearn.evaluation.suite import evaluate
 from unlearn.schema import ATTACKS
-from unlearn.models import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from unlearn.blocks import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import cache
 from unlearn.evaluation.choice_loss import Rows, backward_mean_loss, encode, mean_loss
@@ -38,7 +39,6 @@ from unlearn.evaluation.harness import eval_mode
 from unlearn.evaluation.heldout import Split, forget_questions, score_heldout, split_questions
 from unlearn.evaluation.spec import EvalSpec, LatentSpec, PrefixSpec
 from unlearn.evaluation.tasks import fingerprint
-from unlearn.models import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 from unlearn.schema import Scorer
 
 if TYPE_CHECKING:

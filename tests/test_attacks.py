@@ -36,13 +36,7 @@ HELDOUT = REPO / "unlearn/data/demo/forget_heldout.jsonl"
 TEXTS = [json.loads(line)["text"] for line in HELDOUT.read_text().splitlines()][:6]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on the tiny model thread hand-offs cost more than the math (see test_evaluation)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def composed_eval(*overrides: str) -> dict:

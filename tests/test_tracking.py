@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import REPO
-from unlearn.__main__ import CONF_DIR
+from unlearn.cli import CONF_DIR
 from unlearn.tracking import (NullTracker, WandbTracker, flatten_results, method_tags, start_tracker, sweep_group,
                               wandb_mode)
 

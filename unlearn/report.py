@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import io
 import json
+import numbers
 import statistics
 import sys
 from pathlib import Path
@@ -136,8 +137,8 @@ def _training_columns(run_dir: Path, results: dict) -> dict[str, Any]:
     if lasts.empty:
         lasts = records.groupby("topic", dropna=False).tail(1)
     # the upper median, as unlearn.run computes it for a run that completed
-    step_time = _numbers(records["step_time_s"]).quantile(0.5, interpolation="higher")
-    return {"steps_done": len(records), **{f"final_{key}": float(_numbers(lasts[key]).mean()) for key in LOSSES},
+    step_time = pd.to_numeric(records["step_time_s"]).quantile(0.5, interpolation="higher")
+    return {"steps_done": len(records), **{f"final_{key}": float(pd.to_numeric(lasts[key]).mean()) for key in LOSSES},
             "median_step_time_s": training.get("median_step_time_s") or float(step_time)}
 
 
@@ -176,30 +177,39 @@ def _text(value: Any) -> Any:
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:
-    """One row per run, in a stable order. Object columns: a cell keeps the int, str or None its run files held
-    (no 3 -> 3.0 where another run lacks the value); a column only some runs have (per-task) is None elsewhere."""
+    """One row per run, in a stable order. A column of numbers is numeric (of integers only: Int64, so a 3 stays 3
+    where another run lacks the value), any other keeps its text and None; a column only some runs have
+    (per-task) is missing elsewhere."""
     from unlearn.sweep import find_run_dirs
 
     rows = sorted((run_row(run_dir, sweep_dir) for run_dir in find_run_dirs(sweep_dir)),
                   key=lambda r: (r["variant"] is None, str(r["variant"]), _order(r["layer"]), _order(r["coeff"]),
                                  _order(r["nu"]), r["run"]))
-    frame = pd.DataFrame(rows, dtype=object)
-    frame = frame.astype(object).where(frame.notna(), None)
+    frame = pd.DataFrame(rows, dtype=object).apply(_typed)
     per_task = sorted(column for column in frame.columns if column.startswith("acc_"))
     return frame[[column for column in frame.columns if not column.startswith("acc_")] + per_task]
 
 
+def _typed(column: pd.Series) -> pd.Series:
+    """Integers as Int64, other numbers (or none at all) as float, anything else (text, or numbers mixed with
+    text) as given, None where missing."""
+    given = column.dropna()
+    if not given.map(_is_number).all():
+        return column.where(column.notna(), None)
+    return column.astype("Int64" if given.map(lambda v: isinstance(v, numbers.Integral)).all() else float)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _order(value: Any) -> tuple:
     """Numbers by value, before text (a per-topic `a/b`)."""
-    return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
+    return (0, float(value), "") if _is_number(value) else (1, 0.0, str(value))
 
 
 def _completed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["status"] == "completed"]
-
-
-def _numbers(column: pd.Series) -> pd.Series:
-    return pd.to_numeric(column, errors="coerce")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,12 +259,12 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _cells(column: pd.Series, spec: str = "") -> pd.Series:
     """Numbers formatted by `spec`, anything else as text on one line without `|` (it would split the cell)."""
-    text = column.map(lambda v: "" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v))
+    text = column.map(lambda v: "" if pd.isna(v) else format(v, spec) if _is_number(v) else str(v))
     return text.str.replace("|", "/").str.replace("\n", " ").str[:120]
 
 
 def _percent(column: pd.Series) -> pd.Series:
-    return column.map(lambda v: "-" if v is None else f"{100 * v:.1f}")
+    return column.map(lambda v: "-" if pd.isna(v) else f"{100 * v:.1f}")
 
 
 def _arrow(frame: pd.DataFrame, key: str) -> pd.Series:
@@ -273,7 +283,7 @@ def _base_cells(frame: pd.DataFrame, name: str) -> pd.Series:
 def _attack_cells(frame: pd.DataFrame, name: str) -> pd.Series:
     """Forget accuracy after the attack in percent, and the recovered fraction in brackets."""
     forget, recovered = frame[f"{name}_forget_acc"], frame[f"{name}_recovered"]
-    text = _percent(forget) + recovered.map(lambda v: "" if v is None else f" ({v:.0%})")
+    text = _percent(forget) + recovered.map(lambda v: "" if pd.isna(v) else f" ({v:.0%})")
     return text.where(forget.notna(), "")
 
 
@@ -332,7 +342,7 @@ def _heatmap_figure(method: str, rows: pd.DataFrame, panels, path: Path) -> Path
     figure.suptitle(method)
     for axis, (key, title, scale) in zip(axes[0], panels):
         # per cell: mean and count over its completed runs, and the statuses of all its runs
-        value = (scale * _numbers(rows[key])).where(rows["status"] == "completed")
+        value = (scale * rows[key]).where(rows["status"] == "completed")
         cells = rows.assign(value=value).groupby(["layer", "coeff"], sort=False).agg(
             mean=("value", "mean"), n=("value", "count"), status=("status", lambda s: "/".join(sorted(set(s)))))
         grid = cells["mean"].unstack(sort=False).reindex(index=layers, columns=coeffs)  # (layers, coeffs)
@@ -361,8 +371,7 @@ def plot_pareto(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     done = _completed(frame).dropna(subset=["forget_acc_after", "retain_acc_after"])
     if done.empty:
         return None
-    done = done.assign(forget=100 * _numbers(done["forget_acc_after"]),
-                       retain=100 * _numbers(done["retain_acc_after"]))
+    done = done.assign(forget=100 * done["forget_acc_after"], retain=100 * done["retain_acc_after"])
     front = done.iloc[pareto_front(list(zip(done["forget"], done["retain"])))].sort_values(["forget", "retain"])
     figure, axis = _pyplot().subplots(figsize=(7, 5))
     for method, mine in done.groupby(done["variant"].astype(str)):
@@ -371,7 +380,7 @@ def plot_pareto(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     axis.scatter(front["forget"], front["retain"], s=120, facecolors="none", edgecolors="black")
     for run in front.itertuples():  # its swept settings, e.g. `rmu L7 steering_coeff=6.5`
         setting = f"{run.variant} L{run.layer} {run.coeff_key}={run.coeff}" + (
-            f" nu={run.nu}" if run.nu is not None else "")
+            f" nu={run.nu:g}" if pd.notna(run.nu) else "")
         axis.annotate(setting, (run.forget, run.retain), fontsize=6, xytext=(4, 4), textcoords="offset points")
     base = done.dropna(subset=["forget_acc_before", "retain_acc_before"])
     if not base.empty:
@@ -392,11 +401,10 @@ def plot_rna(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     """RNA: robustness drop after unlearning against nu, one line per variant (base and retain term), layer,
     coefficient and RNA_LINE_EXTRAS setting; the base model's drop and each plain base method's (runs of this
     sweep without RNA) as reference lines."""
-    done = _completed(frame).assign(drop=lambda f: 100 * _numbers(f["robust_drop_after"]))
+    done = _completed(frame).assign(drop=lambda f: 100 * f["robust_drop_after"])
     rna = done[(done["method"] == "rna") & done["nu"].notna() & done["drop"].notna()]
     if rna.empty:
         return None
-    rna = rna.assign(nu=_numbers(rna["nu"]))
     figure, axis = _pyplot().subplots(figsize=(7, 4.5))
     line_keys = ["variant", "layer", "coeff", *RNA_LINE_EXTRAS]
     # Name a line by the settings that tell it apart from the others: plus alpha, lr or steps where swept.
@@ -432,7 +440,7 @@ def plot_attacks(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     """Per method, one bar per attack: the mean recovered fraction of the forget gap over its completed runs,
     each run a dot on its bar. 0 = nothing came back, 1 = the base model's forget accuracy is back."""
     done = _completed(frame)
-    runs = (done[[f"{name}_recovered" for name in ATTACKS]].apply(_numbers).set_axis(list(ATTACKS), axis=1)
+    runs = (done[[f"{name}_recovered" for name in ATTACKS]].astype(float).set_axis(list(ATTACKS), axis=1)
             .set_index(done["method"].astype(str)).dropna(axis=1, how="all").dropna(how="all"))  # (run, attack)
     if runs.empty:
         return None

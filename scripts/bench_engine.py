@@ -95,10 +95,10 @@ def texts(count: int) -> list[str]:
 
 def measure(args) -> dict:
     """One engine in this process: `steps` training steps, the first `warmup` not timed."""
+    from unlearn.blocks import trained_parameters
     from unlearn.corpora import BatchStream
     from unlearn.engine import FastEngine, ReferenceEngine
     from unlearn.methods import MethodSpec, build
-    from unlearn.models import trained_parameters
     from unlearn.train import TopicStreams, train
 
     torch.manual_seed(0)

@@ -23,6 +23,19 @@ atexit.register(shutil.rmtree, os.environ["UNLEARN_CACHE"], ignore_errors=True) 
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread while a module's tests run (`pytestmark = pytest.mark.usefixtures("one_thread")`): on the
+    tiny models thread hand-offs cost more than the math, many times more on a busy machine (seen: 40 s vs 10 s
+    for test_evaluation.py on 2 shared cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def corpus_files(tmp_path: Path) -> tuple[Path, Path]:
     """A small forget/retain JSONL pair: 40 documents each, of varied length."""

@@ -21,13 +21,14 @@ from tests.test_bad_input import precheck_error
 from tests.test_cli import tiny_args, unlearn
 from tests.test_report import BEFORE, evaluation, make_run
 from unlearn import report
+from unlearn.blocks import decoder_blocks
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import eval_spec, evaluate
 from unlearn.evaluation.attack_context import AttackTexts
 from unlearn.evaluation.attacks import (
     _right_padded, mean_block_outputs, project_out, projected_out, recovered_fraction, relearned, run_attacks,
 )
-from unlearn.models import decoder_blocks, load_model
+from unlearn.models import load_model
 from unlearn.schema import EvalSpec
 
 DEMO_TASKS = REPO / "unlearn/evaluation/tasks/demo"
@@ -36,13 +37,7 @@ HELDOUT = REPO / "unlearn/data/demo/forget_heldout.jsonl"
 TEXTS = [json.loads(line)["text"] for line in HELDOUT.read_text().splitlines()][:6]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on the tiny model thread hand-offs cost more than the math (see test_evaluation)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def composed_eval(*overrides: str) -> dict:

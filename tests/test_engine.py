@@ -9,10 +9,11 @@ import copy
 import pytest
 import torch
 
+from unlearn.blocks import capture_block_outputs, decoder_blocks, rewrite_block_outputs, trained_parameters
 from unlearn.corpora import BatchStream
 from unlearn.engine import FastEngine, ReferenceEngine
 from unlearn.methods import MethodSpec, build, control_vector
-from unlearn.models import capture_block_outputs, decoder_blocks, load_model, rewrite_block_outputs, trained_parameters
+from unlearn.models import load_model
 from unlearn.train import TopicStreams, train
 
 FORGET = [f"the virus capsid protects the genome number {i} " * (1 + i % 3) for i in range(16)]

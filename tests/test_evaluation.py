@@ -43,14 +43,7 @@ aggregate_metric_list:
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread while these tests run: on the tiny model, thread hand-offs cost more than the math,
-    many times more on a busy machine (seen: 40 s vs 10 s for this file on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

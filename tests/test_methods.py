@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unlearn.methods import MethodSpec, build, control_vector
-from unlearn.methods.adaptive_rmu import adaptive_coefficient, mean_token_norm
+from unlearn.methods.adaptive_rmu import AdaptiveRMU
 from unlearn.methods.losses import kl_retain, mse, mse_retain, nll
 from unlearn.methods.npo import npo_forget_loss
 from unlearn.methods.rmu import rmu_loss
@@ -53,10 +53,18 @@ def test_losses_are_float32_for_half_precision_inputs():
 
 def test_adaptive_coefficient_by_hand():
     """Sample 1 tokens (3,4), (0,0): norms 5, 0 -> mean 2.5. Sample 2 tokens (6,8), (0,0): norms 10, 0 -> 5.
-    Batch mean N = 3.75 (padding included); beta = 5 -> coefficient 18.75."""
-    h = torch.tensor([[[3.0, 4.0], [0.0, 0.0]], [[6.0, 8.0], [0.0, 0.0]]])
-    assert mean_token_norm(h) == pytest.approx(3.75)
-    assert adaptive_coefficient(h, beta=5.0) == pytest.approx(18.75)
+    Batch mean N = 3.75 (padding included); beta = 5 -> coefficient 18.75. A second topic's batch (0,2): N = 2,
+    coefficient 10. Read from what `setup` sets, through an engine whose frozen model returns the batch itself."""
+    class Engine:
+        prepare = staticmethod(lambda batch: batch)
+        frozen = staticmethod(lambda h: h)
+
+    first = torch.tensor([[[3.0, 4.0], [0.0, 0.0]], [[6.0, 8.0], [0.0, 0.0]]])
+    second = torch.tensor([[[0.0, 2.0]]])
+    method = AdaptiveRMU([U, U], beta=5.0, alphas=[1.0, 1.0])
+    method.setup(Engine(), [first, second])
+    assert method.steering.adaptive_norms == pytest.approx([3.75, 2.0])
+    assert method.steering.coefficients == pytest.approx([18.75, 10.0])
 
 
 def test_control_vector_is_uniform_positive_unit_and_seeded():

@@ -23,10 +23,11 @@ RETAIN_TASKS = ["mmlu"]
 
 
 def evaluation(forget: tuple[float, float], retain: float, drop: float, norm: float) -> dict:
-    """An eval dict shaped like unlearn.evaluation.evaluate()'s."""
+    """An eval dict shaped like unlearn.evaluation.evaluate()'s, with the domain accuracies it stores."""
     task = lambda acc: {"acc": acc, "acc_stderr": 0.01, "acc_norm": acc, "acc_norm_stderr": 0.01, "n": 100}  # noqa: E731
     return {
         "lm_eval_version": "0.4.13",
+        "forget_acc": (forget[0] + forget[1]) / 2, "retain_acc": retain,
         "settings": {"limit": None, "num_fewshot": 0, "batch_size": 16},
         "domains": {"forget": FORGET_TASKS, "retain": RETAIN_TASKS},
         "tasks": {"wmdp_bio": task(forget[0]), "wmdp_cyber": task(forget[1]), "mmlu": task(retain)},
@@ -227,12 +228,30 @@ def test_bad_path_and_empty_directory_are_one_line(tmp_path):
     assert "no runs in" in empty.stderr
 
 
-def test_stored_accuracies_are_read_and_older_runs_fall_back_to_the_same_definition(tmp_path):
-    """forget_acc / retain_acc as the run stored them (0.9 / 0.1 here, not the tasks' mean); a results.json written
-    before they were stored gets the mean of its domains' tasks: forget (0.2 + 0.4) / 2, retain 0.7."""
+def test_stored_accuracies_are_read(tmp_path):
+    """forget_acc / retain_acc as the run stored them (0.9 / 0.1 here), not recomputed from its tasks (0.3, 0.7)."""
     stored = {**evaluation((0.2, 0.4), 0.7, 0.1, 80.0), "forget_acc": 0.9, "retain_acc": 0.1}
     make_run(tmp_path, "stored", method="rmu", layer=3, coeff=5, after=stored)
-    make_run(tmp_path, "older", method="rmu", layer=3, coeff=10, after=evaluation((0.2, 0.4), 0.7, 0.1, 80.0))
     rows = report.collect(tmp_path).set_index("run").to_dict("index")
     assert (rows["stored"]["forget_acc_after"], rows["stored"]["retain_acc_after"]) == (0.9, 0.1)
-    assert rows["older"]["forget_acc_after"] == pytest.approx(0.3) and rows["older"]["retain_acc_after"] == 0.7
+
+
+def test_a_run_whose_files_cannot_be_read_says_which_and_why(tmp_path):
+    """A completed run whose results.json was cut short, or is gone, and a run whose manifest.json was cut short,
+    are listed with the file and the reason, never as completed, and stay out of the plots."""
+    after = evaluation((0.2, 0.4), 0.7, 0.1, 80.0)
+    for name in ("cut", "gone", "fine"):
+        make_run(tmp_path, name, method="rmu", layer=3, coeff=5, after=after)
+    cut = tmp_path / "cut" / "results.json"
+    cut.write_text(cut.read_text()[:40])
+    (tmp_path / "gone" / "results.json").unlink()
+    make_run(tmp_path, "torn", method="rmu", layer=5, coeff=5)
+    (tmp_path / "torn" / "manifest.json").write_text('{"status": "compl')
+    result = run_report(str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rows = {row["run"]: row for row in csv.DictReader((tmp_path / "report.csv").open())}
+    assert rows["fine"]["status"] == "completed"
+    assert rows["cut"]["status"].startswith("unreadable: results.json: Unterminated string")
+    assert rows["gone"]["status"] == "unreadable: results.json: missing"
+    assert rows["torn"]["status"].startswith("unreadable: manifest.json: Unterminated string")
+    assert "1 completed" in result.stdout and "unreadable: results.json: missing" in result.stdout

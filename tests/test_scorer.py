@@ -43,12 +43,7 @@ CONTEXTS = ["Question: What is the protein shell of a virus called?\nAnswer:",  
 CHOICES = [" capsid", " reverse transcriptase", "sid", "s", " a much longer answer of several words"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny models: thread hand-offs cost more than the math
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

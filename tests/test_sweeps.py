@@ -247,6 +247,21 @@ def test_resume_compares_the_resolved_config_but_not_keys_that_dont_change_resul
     assert not already_completed(composed("layer=5", "lr=1e-3"), run)
 
 
+@pytest.mark.parametrize("overrides", [
+    ("method=adaptive_rmu", "method.beta=5", "optimizer=adamw"),  # a float typed key given a whole number; an Enum
+    ("method=rna", "method.base=simnpo", "method.retain_loss=mse", "method.nu=1"),
+    ("data=demo", "method.steering_coeff=[5,6]", "method.alpha=[100,200.0]"),  # per-topic lists, ints and floats
+    ("eval=demo", "eval.attacks=[relearn]", "eval.limit=0.5"),
+])
+def test_resume_finds_a_completed_run_of_the_same_config_written_as_a_run_writes_it(tmp_path, overrides):
+    """config.yaml as unlearn.run writes it (the resolved config) reads back as the same settings, whatever their
+    types: the job is not redone. One setting changed, it is."""
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(composed(*overrides), resolve=True))
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "completed"}))
+    assert already_completed(composed(*overrides), tmp_path)
+    assert not already_completed(composed(*overrides, "seed=7"), tmp_path)
+
+
 def test_resume_treats_a_whole_number_written_without_a_point_as_the_same_setting(tmp_path):
     """Runs recorded before the schema typed method.beta wrote `beta: 5`; the schema now writes `5.0`."""
     cfg = composed("method=adaptive_rmu")

@@ -17,7 +17,8 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import REPO
 from unlearn.cli import CONF_DIR
-from unlearn.tracking import NullTracker, WandbTracker, flatten_results, start_tracker, sweep_group, wandb_mode
+from unlearn.tracking import (NullTracker, WandbTracker, flatten_results, method_tags, start_tracker, sweep_group,
+                              wandb_mode)
 
 SECRET = "0123456789abcdef0123456789abcdef0123fake"  # a 40-character API-key look-alike
 
@@ -226,3 +227,16 @@ def test_cli_multirun_logs_offline_or_nothing(tmp_path, corpus_files, mode):
     assert config["layer"] == 3 and len(history) == 2 and summary["status"] == "completed"
     assert "training/median_step_time_s" in summary
     assert files_containing(tmp_path, SECRET) == []
+
+
+@pytest.mark.parametrize(("method", "tags"), [
+    ({"name": "rmu"}, ["rmu"]),
+    ({"name": "npo", "retain_loss": "kl"}, ["npo", "npo+kl"]),
+    ({"name": "rna", "base": "simnpo", "retain_loss": "mse"}, ["rna", "rna/simnpo+mse"]),
+    ({"name": "rna", "base": "adaptive_rmu", "retain_loss": "kl"}, ["rna", "rna/adaptive_rmu"]),
+])
+def test_method_tags_name_the_variant_as_the_report_does(method, tags):
+    """W&B runs are tagged with the method and, where it tells runs apart, the report's variant name."""
+    from omegaconf import OmegaConf
+
+    assert method_tags(OmegaConf.create(method)) == tags

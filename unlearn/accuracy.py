@@ -2,8 +2,7 @@
 
 Computed once, where an evaluation arises (`unlearn.evaluation.evaluate`, so before, after and after each
 attack), and stored with it in results.json as `forget_acc` and `retain_acc`; the report and the tracker read
-the stored numbers. This module imports nothing heavy, so the report can still apply the same definition to runs
-written before those keys were stored.
+the stored numbers.
 """
 
 from __future__ import annotations

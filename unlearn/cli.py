@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from unlearn import schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
 from unlearn import slurm, sweep  # sweep also registers the resolver that names a multirun's run directories
-from unlearn.errors import UnlearnError
+from unlearn.errors import EXIT_BAD_INPUT, UnlearnError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ VALUE_FLAGS = {"--config-path": "-cp", "--config-name": "-cn", "--config-dir": "
                "--package": "-p", "--experimental-rerun": None}
 INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 SEARCHPATH = "hydra.searchpath"
-EXIT_BAD_INPUT = 2
 
 
 @dataclasses.dataclass

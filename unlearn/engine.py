@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from unlearn.models import block_output, capture_block_outputs, decoder_blocks, output_head, rewrite_block_outputs
+from unlearn.blocks import block_output, capture_block_outputs, decoder_blocks, output_head, rewrite_block_outputs
 
 
 Perturb = Callable[[torch.Tensor], torch.Tensor]  # applied to the reference's h_l (RNA's noise)

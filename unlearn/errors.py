@@ -1,4 +1,6 @@
-"""The one exception type the command line turns into a single clear line."""
+"""The one exception type the command line turns into a single clear line, and the exit status it gets."""
+
+EXIT_BAD_INPUT = 2  # bad input: one line on stderr, no traceback
 
 
 class UnlearnError(Exception):

@@ -15,12 +15,13 @@ Coefficient = `method.steering_coeff` (RMU, RNA over RMU), `method.beta` (Adapti
 `method.alpha` (NPO, SimNPO, RNA over them: their forget term has no target scale, so the retain weight is the
 knob). Runs are grouped by variant: the method with its base and retain term, e.g. `npo+kl`, `rna/simnpo+mse`.
 Forget (retain) accuracy = the `forget_acc` (`retain_acc`) the run stored with each evaluation in results.json,
-the unweighted mean `acc` of its forget (retain) tasks; for a run written before they were stored, the same mean
-(unlearn.accuracy).
+the unweighted mean `acc` of its forget (retain) tasks (unlearn.accuracy).
 Attack columns (`<attack>_forget_acc`, `<attack>_retain_acc`, `<attack>_recovered`) are read from results.json's
 `attacks`, where the run computed them.
 Runs that failed, were interrupted or are still running are listed with their status and the losses they got
-to; only completed runs enter the plots. Safe to run on a sweep that is still going.
+to; only completed runs enter the plots. A run whose manifest.json or config.yaml cannot be read, or whose
+results.json cannot be read though it completed, is listed as `unreadable: <file>: <why>`, never as completed.
+Safe to run on a sweep that is still going.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import contextlib
 import io
 import json
+import numbers
 import statistics
 import sys
 from pathlib import Path
@@ -38,12 +40,11 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from unlearn import rundir
-from unlearn.accuracy import domain_accuracies
+from unlearn.errors import EXIT_BAD_INPUT, first_line
+from unlearn.methods import PO_METHODS, variant
 from unlearn.schema import ATTACKS
 
-EXIT_BAD_INPUT = 2
 LOSSES = ("loss", "forget_loss", "retain_loss")
-PO_METHODS = ("npo", "simnpo")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -61,29 +62,25 @@ def coefficient(config: dict) -> tuple[str | None, Any]:
     return (key, _text(method.get(key))) if key in method else (None, None)
 
 
-def variant(method: dict) -> str | None:
-    """The method as compared across runs: `rmu`, `adaptive_rmu`, `npo+kl`, `rna/rmu`, `rna/simnpo+mse`."""
-    name, base = method.get("name"), _base(method)
-    if name is None:
-        return None
-    label = base + (f"+{method.get('retain_loss')}" if base in PO_METHODS else "")
-    return f"rna/{label}" if name == "rna" else label
-
-
 def run_row(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     """One table row: what the run's config.yaml, manifest.json, results.json and metrics.jsonl say."""
-    config = _read_yaml(run_dir / rundir.CONFIG) or {}
-    manifest = rundir.read_json(run_dir / rundir.MANIFEST) or {}
+    unreadable = []  # (file, why) of each file that is there but cannot be read
+    config = _read(run_dir / rundir.CONFIG, lambda text: OmegaConf.to_container(OmegaConf.create(text)), unreadable)
+    manifest = _read(run_dir / rundir.MANIFEST, json.loads, unreadable)
     status = manifest.get("status", "not started")
-    # A results.json next to an unfinished manifest belongs to an earlier attempt: leave it out.
-    results = (rundir.read_json(run_dir / rundir.RESULTS) or {}) if status == "completed" else {}
+    results = {}
+    if status == "completed":  # a results.json next to an unfinished manifest belongs to an earlier attempt
+        results = _read(run_dir / rundir.RESULTS, json.loads, unreadable, needed=True)
+    if unreadable:
+        status = "unreadable: " + "; ".join(f"{file}: {why}" for file, why in unreadable)
     method, versions = config.get("method") or {}, manifest.get("versions") or {}
     po, rna = _base(method) in PO_METHODS, method.get("name") == "rna"
     coeff_key, coeff = coefficient(config)
     return {
         "run": str(run_dir.relative_to(sweep_dir)) if run_dir != sweep_dir else ".", "status": status,
         "method": method.get("name", manifest.get("method")), "base": method.get("base") if rna else None,
-        "variant": variant(method) or manifest.get("method"),
+        "variant": variant(method["name"], method.get("base"), method.get("retain_loss")) if method.get("name")
+        else manifest.get("method"),
         "retain_loss": method.get("retain_loss") if po else None, "beta": method.get("beta") if po else None,
         "model": (config.get("model") or {}).get("name", manifest.get("model")),
         "layer": config.get("layer", manifest.get("layer")), "update_layers": _text(manifest.get("update_layers")),
@@ -102,7 +99,7 @@ def _evaluation_columns(results: dict) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     for section in ("before", "after"):
         evaluation = results.get(section) or {}
-        columns.update({f"{key}_{section}": value for key, value in stored_accuracies(evaluation).items()})
+        columns.update({f"{key}_{section}": evaluation.get(key) for key in ("forget_acc", "retain_acc")})
         robustness = evaluation.get("robustness") or {}
         columns.update({f"robust_{what}_{section}": robustness.get(what) for what in ("clean", "perturbed", "drop")})
         for text_set in ("forget", "retain"):
@@ -114,14 +111,6 @@ def _evaluation_columns(results: dict) -> dict[str, Any]:
         columns.update({f"acc_{section}/{task}": metrics.get("acc")
                         for task, metrics in (evaluation.get("tasks") or {}).items()})
     return columns
-
-
-def stored_accuracies(evaluation: dict) -> dict[str, float | None]:
-    """The evaluation's stored forget_acc and retain_acc; for a run written before they were stored, the same
-    definition (unlearn.accuracy) applied to its tasks."""
-    if not evaluation or "forget_acc" in evaluation:
-        return {key: (evaluation or {}).get(key) for key in ("forget_acc", "retain_acc")}
-    return domain_accuracies(evaluation)
 
 
 def _attack_columns(results: dict) -> dict[str, Any]:
@@ -148,17 +137,26 @@ def _training_columns(run_dir: Path, results: dict) -> dict[str, Any]:
     if lasts.empty:
         lasts = records.groupby("topic", dropna=False).tail(1)
     # the upper median, as unlearn.run computes it for a run that completed
-    step_time = _numbers(records["step_time_s"]).quantile(0.5, interpolation="higher")
-    return {"steps_done": len(records), **{f"final_{key}": float(_numbers(lasts[key]).mean()) for key in LOSSES},
+    step_time = pd.to_numeric(records["step_time_s"]).quantile(0.5, interpolation="higher")
+    return {"steps_done": len(records), **{f"final_{key}": float(pd.to_numeric(lasts[key]).mean()) for key in LOSSES},
             "median_step_time_s": training.get("median_step_time_s") or float(step_time)}
 
 
-def _read_yaml(path: Path) -> dict | None:
+def _read(path: Path, parse, unreadable: list[tuple[str, str]], needed: bool = False) -> dict:
+    """The file's mapping; {} when it is absent (a run not yet that far), or when it cannot be read, which is
+    then added to `unreadable` with why (absence too, where the run must have written it)."""
     try:
-        loaded = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception:  # missing, or not YAML: the row shows what the manifest says
-        return None
-    return loaded if isinstance(loaded, dict) else None
+        loaded = parse(path.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise ValueError(f"holds a {type(loaded).__name__}, not a mapping")
+        return loaded
+    except FileNotFoundError:
+        why = "missing" if needed else None
+    except Exception as exc:  # cut short, not JSON/YAML, unreadable: say so instead of passing as complete
+        why = first_line(exc)
+    if why:
+        unreadable.append((path.name, why))
+    return {}
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -179,30 +177,39 @@ def _text(value: Any) -> Any:
 
 
 def collect(sweep_dir: Path) -> pd.DataFrame:
-    """One row per run, in a stable order. Object columns: a cell keeps the int, str or None its run files held
-    (no 3 -> 3.0 where another run lacks the value); a column only some runs have (per-task) is None elsewhere."""
+    """One row per run, in a stable order. A column of numbers is numeric (of integers only: Int64, so a 3 stays 3
+    where another run lacks the value), any other keeps its text and None; a column only some runs have
+    (per-task) is missing elsewhere."""
     from unlearn.sweep import find_run_dirs
 
     rows = sorted((run_row(run_dir, sweep_dir) for run_dir in find_run_dirs(sweep_dir)),
                   key=lambda r: (r["variant"] is None, str(r["variant"]), _order(r["layer"]), _order(r["coeff"]),
                                  _order(r["nu"]), r["run"]))
-    frame = pd.DataFrame(rows, dtype=object)
-    frame = frame.astype(object).where(frame.notna(), None)
+    frame = pd.DataFrame(rows, dtype=object).apply(_typed)
     per_task = sorted(column for column in frame.columns if column.startswith("acc_"))
     return frame[[column for column in frame.columns if not column.startswith("acc_")] + per_task]
 
 
+def _typed(column: pd.Series) -> pd.Series:
+    """Integers as Int64, other numbers (or none at all) as float, anything else (text, or numbers mixed with
+    text) as given, None where missing."""
+    given = column.dropna()
+    if not given.map(_is_number).all():
+        return column.where(column.notna(), None)
+    return column.astype("Int64" if given.map(lambda v: isinstance(v, numbers.Integral)).all() else float)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _order(value: Any) -> tuple:
     """Numbers by value, before text (a per-topic `a/b`)."""
-    return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
+    return (0, float(value), "") if _is_number(value) else (1, 0.0, str(value))
 
 
 def _completed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["status"] == "completed"]
-
-
-def _numbers(column: pd.Series) -> pd.Series:
-    return pd.to_numeric(column, errors="coerce")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -252,12 +259,12 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _cells(column: pd.Series, spec: str = "") -> pd.Series:
     """Numbers formatted by `spec`, anything else as text on one line without `|` (it would split the cell)."""
-    text = column.map(lambda v: "" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v))
+    text = column.map(lambda v: "" if pd.isna(v) else format(v, spec) if _is_number(v) else str(v))
     return text.str.replace("|", "/").str.replace("\n", " ").str[:120]
 
 
 def _percent(column: pd.Series) -> pd.Series:
-    return column.map(lambda v: "-" if v is None else f"{100 * v:.1f}")
+    return column.map(lambda v: "-" if pd.isna(v) else f"{100 * v:.1f}")
 
 
 def _arrow(frame: pd.DataFrame, key: str) -> pd.Series:
@@ -276,7 +283,7 @@ def _base_cells(frame: pd.DataFrame, name: str) -> pd.Series:
 def _attack_cells(frame: pd.DataFrame, name: str) -> pd.Series:
     """Forget accuracy after the attack in percent, and the recovered fraction in brackets."""
     forget, recovered = frame[f"{name}_forget_acc"], frame[f"{name}_recovered"]
-    text = _percent(forget) + recovered.map(lambda v: "" if v is None else f" ({v:.0%})")
+    text = _percent(forget) + recovered.map(lambda v: "" if pd.isna(v) else f" ({v:.0%})")
     return text.where(forget.notna(), "")
 
 
@@ -335,7 +342,7 @@ def _heatmap_figure(method: str, rows: pd.DataFrame, panels, path: Path) -> Path
     figure.suptitle(method)
     for axis, (key, title, scale) in zip(axes[0], panels):
         # per cell: mean and count over its completed runs, and the statuses of all its runs
-        value = (scale * _numbers(rows[key])).where(rows["status"] == "completed")
+        value = (scale * rows[key]).where(rows["status"] == "completed")
         cells = rows.assign(value=value).groupby(["layer", "coeff"], sort=False).agg(
             mean=("value", "mean"), n=("value", "count"), status=("status", lambda s: "/".join(sorted(set(s)))))
         grid = cells["mean"].unstack(sort=False).reindex(index=layers, columns=coeffs)  # (layers, coeffs)
@@ -364,8 +371,7 @@ def plot_pareto(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     done = _completed(frame).dropna(subset=["forget_acc_after", "retain_acc_after"])
     if done.empty:
         return None
-    done = done.assign(forget=100 * _numbers(done["forget_acc_after"]),
-                       retain=100 * _numbers(done["retain_acc_after"]))
+    done = done.assign(forget=100 * done["forget_acc_after"], retain=100 * done["retain_acc_after"])
     front = done.iloc[pareto_front(list(zip(done["forget"], done["retain"])))].sort_values(["forget", "retain"])
     figure, axis = _pyplot().subplots(figsize=(7, 5))
     for method, mine in done.groupby(done["variant"].astype(str)):
@@ -374,7 +380,7 @@ def plot_pareto(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     axis.scatter(front["forget"], front["retain"], s=120, facecolors="none", edgecolors="black")
     for run in front.itertuples():  # its swept settings, e.g. `rmu L7 steering_coeff=6.5`
         setting = f"{run.variant} L{run.layer} {run.coeff_key}={run.coeff}" + (
-            f" nu={run.nu}" if run.nu is not None else "")
+            f" nu={run.nu:g}" if pd.notna(run.nu) else "")
         axis.annotate(setting, (run.forget, run.retain), fontsize=6, xytext=(4, 4), textcoords="offset points")
     base = done.dropna(subset=["forget_acc_before", "retain_acc_before"])
     if not base.empty:
@@ -395,11 +401,10 @@ def plot_rna(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     """RNA: robustness drop after unlearning against nu, one line per variant (base and retain term), layer,
     coefficient and RNA_LINE_EXTRAS setting; the base model's drop and each plain base method's (runs of this
     sweep without RNA) as reference lines."""
-    done = _completed(frame).assign(drop=lambda f: 100 * _numbers(f["robust_drop_after"]))
+    done = _completed(frame).assign(drop=lambda f: 100 * f["robust_drop_after"])
     rna = done[(done["method"] == "rna") & done["nu"].notna() & done["drop"].notna()]
     if rna.empty:
         return None
-    rna = rna.assign(nu=_numbers(rna["nu"]))
     figure, axis = _pyplot().subplots(figsize=(7, 4.5))
     line_keys = ["variant", "layer", "coeff", *RNA_LINE_EXTRAS]
     # Name a line by the settings that tell it apart from the others: plus alpha, lr or steps where swept.
@@ -435,7 +440,7 @@ def plot_attacks(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     """Per method, one bar per attack: the mean recovered fraction of the forget gap over its completed runs,
     each run a dot on its bar. 0 = nothing came back, 1 = the base model's forget accuracy is back."""
     done = _completed(frame)
-    runs = (done[[f"{name}_recovered" for name in ATTACKS]].apply(_numbers).set_axis(list(ATTACKS), axis=1)
+    runs = (done[[f"{name}_recovered" for name in ATTACKS]].astype(float).set_axis(list(ATTACKS), axis=1)
             .set_index(done["method"].astype(str)).dropna(axis=1, how="all").dropna(how="all"))  # (run, attack)
     if runs.empty:
         return None

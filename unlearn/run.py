@@ -15,13 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save as safetensors_bytes
 
 from unlearn import config, evaluate_only, exclusions, rundir
+from unlearn.blocks import check_model_layout, trained_parameters
 from unlearn.config import TopicSpec
 from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, read_texts
 from unlearn.engine import FastEngine
-from unlearn.methods import MethodSpec, build as build_method
+from unlearn.methods import MethodSpec, build as build_method, variant
 from unlearn.evaluation import attacks, check_tasks, eval_spec, evaluate, format_attacks, format_table
 from unlearn.evaluation.cache import model_identity
-from unlearn.models import cache_root, check_model_layout, load_model, load_model_config, num_blocks, trained_parameters
+from unlearn.models import cache_root, load_model, load_model_config, num_blocks
 from unlearn.schema import EvalSpec
 from unlearn.tracking import NullTracker, start_tracker
 from unlearn.train import TopicStreams, train
@@ -149,7 +150,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
     method.setup(engine, [s.forget.batch(0) for s in streams])
     manifest.update(method_settings=p.method.settings, trained_parameters=list(params))
     coefficients, norms = [None] * len(streams), [None] * len(streams)
-    described = f"{p.method.name} over {p.method.base}" if p.method.name == "rna" else p.method.name
+    described = variant(p.method.name, p.method.base, p.method.retain_loss)
     if method.steering is not None:  # RM methods: their control vectors and coefficients, before training
         coefficients, norms = method.steering.coefficients, method.steering.adaptive_norms
         _save_control_vectors(run_dir, streams, vectors, coefficients)

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from unlearn.errors import UnlearnError
+from unlearn.methods import variant
 
 
 log = logging.getLogger(__name__)
@@ -86,14 +87,11 @@ def start_tracker(cfg: DictConfig, run_dir: Path, multirun: bool):
 
 
 def method_tags(method: DictConfig) -> list[str]:
-    """The method's name, and what tells its runs apart: RNA's base, a PO method's retain term."""
-    tags = [str(method.name)]
-    base = method.base if method.name == "rna" else method.name
-    if method.name == "rna":
-        tags.append(f"base={base}")
-    if base in ("npo", "simnpo"):
-        tags.append(f"retain_loss={method.retain_loss}")
-    return tags
+    """The method's name, and what tells its runs apart (RNA's base, a PO method's retain term) as the report
+    names them: `rna`, `rna/rmu`; `npo`, `npo+kl`."""
+    name = str(method.name)
+    label = variant(name, method.get("base"), method.get("retain_loss"))
+    return [name] if label == name else [name, label]
 
 
 def start_wandb(*, project: str, entity: str | None, group: str | None, name: str | None, tags: list[str],

@@ -44,13 +44,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from unlearn.blocks import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 from unlearn.corpora import CorpusSpec, Topic, describe, is_local, read_texts, resolve_path
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import optimised
 from unlearn.evaluation.attack_context import AttackContext, AttackTexts
 from unlearn.evaluation.harness import eval_mode
 from unlearn.evaluation.suite import evaluate
-from unlearn.models import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 from unlearn.schema import ATTACKS, AblateSpec, EvalSpec, RelearnSpec
 
 log = logging.getLogger(__name__)

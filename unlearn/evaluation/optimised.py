@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from unlearn.blocks import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import cache
 from unlearn.evaluation.attack_context import AttackContext
@@ -39,7 +40,6 @@ from unlearn.evaluation.harness import eval_mode
 from unlearn.evaluation.heldout import Split, forget_questions, score_heldout, split_questions
 from unlearn.schema import EvalSpec, LatentSpec, PrefixSpec
 from unlearn.evaluation.tasks import fingerprint
-from unlearn.models import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 from unlearn.schema import Scorer
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unlearn.models import capture_block_outputs
+from unlearn.blocks import capture_block_outputs
 
 
 def probe_texts_statistics(

@@ -147,7 +147,8 @@ def evaluate(
 
     `keywords` are the forget keywords per topic from the data config (`eval.robustness.keywords` overrides
     them); `probe_texts` maps a text set name ("forget", "retain") to held-out documents, None to skip the
-    probes. `cache_key` identifies the model weights (`cache.model_identity`); give it for the base model only.
+    probes. `cache_key` identifies the model weights (`cache.model_identity`); give it for the base model only,
+    with the `cache_dir` its results are kept in.
     """
     results: dict[str, Any] = {
         "lm_eval_version": LM_EVAL_VERSION,
@@ -172,7 +173,7 @@ def _lm_eval_part(model, tokenizer, spec: EvalSpec, keywords, cache_key, cache_d
     if cache_key is None:
         return {**_run_lm_eval(model, tokenizer, spec, plan, keyword_topics), "from_cache": False}
     key = _cache_key(model, cache_key, spec, plan, keyword_topics)
-    path = cache.cache_file(cache_dir or _default_cache_dir(), key)
+    path = cache.cache_file(cache_dir, key)
     cached = cache.read(path, key)
     if cached is not None:
         log.info("lm-eval results of the base model read from %s", path)
@@ -180,12 +181,6 @@ def _lm_eval_part(model, tokenizer, spec: EvalSpec, keywords, cache_key, cache_d
     fresh = _run_lm_eval(model, tokenizer, spec, plan, keyword_topics)
     cache.write(path, key, fresh)
     return {**fresh, "from_cache": False}
-
-
-def _default_cache_dir() -> Path:
-    from unlearn.models import cache_root
-
-    return cache_root() / "eval"
 
 
 def _cache_key(model, cache_key, spec: EvalSpec, plan: _Plan, keyword_topics: dict[str, str]) -> dict[str, Any]:

@@ -34,7 +34,6 @@ PO_METHODS = ("npo", "simnpo")
 
 
 class Method(Protocol):
-    reads_logits: bool  # True: the engine must run the blocks above `l` and the LM head (PO methods)
     steering: Steering | None  # the control vectors and coefficients of an RM method; None for PO methods
 
     def setup(self, engine, first_forget_batches: list[dict[str, torch.Tensor]]) -> None:
@@ -63,6 +62,14 @@ class MethodSpec:
         return self.base in PO_METHODS
 
 
+def variant(name: str, base: str | None = None, retain_loss: str | None = None) -> str:
+    """The method as its runs are compared and named: `rmu`, `adaptive_rmu`, `npo+kl`, `rna/rmu`,
+    `rna/simnpo+mse`. RNA shows its base (`base`, RMU when unset); a PO method its retain term."""
+    base = (base or "rmu") if name == "rna" else name
+    label = base + (f"+{retain_loss}" if base in PO_METHODS else "")
+    return f"rna/{label}" if name == "rna" else label
+
+
 def build(spec: MethodSpec, *, n_topics: int, hidden_size: int, device: torch.device | str, seed: int) -> Method:
     """The method object for `spec`: control vectors drawn (RM methods), RNA's noise seeded apart from them."""
     if spec.base == "rmu":
@@ -89,5 +96,5 @@ def _draw_vectors(n_topics: int, hidden_size: int, device, seed: int) -> list[to
 
 __all__ = [
     "BASES", "METHODS", "METHOD_KEYS", "PO_METHODS", "LossParts", "Method", "MethodSpec",
-    "Steering", "build", "control_vector",
+    "Steering", "build", "control_vector", "variant",
 ]

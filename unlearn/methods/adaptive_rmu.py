@@ -9,8 +9,8 @@ norms grow with depth, so a fixed `c` that works at one layer is too small deepe
 
 Differs from the authors' released code on purpose: it measures topic 1's norm at step 1 on the model being
 trained, after one optimizer step on topic 0; here every topic's norm comes from the frozen model, as the paper
-words it. Measured on SmolLM2-135M at layer 7 (scripts/adaptive_second_topic.py): the updated model's norm is
-0.02% lower at the published lr 5e-5, 1.7% lower at lr 5e-3.
+words it. Measured on SmolLM2-135M at layer 7 (docs/findings/scripts/adaptive_second_topic.py): the updated
+model's norm is 0.02% lower at the published lr 5e-5, 1.7% lower at lr 5e-3.
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ from unlearn.methods.rmu import RMU
 def mean_token_norm(h_frozen_forget: torch.Tensor) -> float:
     """N_topic: per-token L2 norm (B, T), averaged over tokens, then over the batch."""
     return h_frozen_forget.float().norm(dim=-1).mean(dim=1).mean().item()
-
-
-def adaptive_coefficient(h_frozen_forget: torch.Tensor, beta: float) -> float:
-    return beta * mean_token_norm(h_frozen_forget)
 
 
 class AdaptiveRMU(RMU):

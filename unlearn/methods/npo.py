@@ -9,7 +9,8 @@ without a second model). Cleaner than the released code, as REFERENCE says: both
 mask, padding is labelled -100, the losses are float32 and the retain batch keeps its own max_length; the
 released code runs the reference without the mask, counts the eos padding in the NLL, casts log-probabilities to
 bf16 in the retain terms and truncates the retain batch at the forget length (sizes: README, "Methods, exactly";
-scripts/po_differences.py). The optimizer is torch's AdamW: which one the released code used is not known here.
+docs/findings/scripts/po_differences.py). The optimizer is torch's AdamW: which one the released code used is not
+known here.
 RNA (rna.py) perturbs the reference's h_l in the retain forward through `perturb_retain`; the forget term
 always uses the clean reference.
 """
@@ -31,7 +32,6 @@ def npo_forget_loss(nll_theta: torch.Tensor, nll_ref: torch.Tensor, beta: float)
 class PreferenceMethod:
     """What NPO and SimNPO share: the retain term and the forward passes; `forget_term` is each one's own."""
 
-    reads_logits = True
     steering = None
 
     def __init__(self, beta: float, alphas: list[float], retain_loss: str, mask_padding: bool = False):

@@ -51,8 +51,6 @@ def control_vector(hidden_size: int, generator: torch.Generator) -> torch.Tensor
 
 
 class RMU:
-    reads_logits = False
-
     def __init__(self, control_vectors: list[torch.Tensor], steering_coeffs: list[float], alphas: list[float],
                  mask_padding: bool = False):
         self.steering = Steering(control_vectors, list(steering_coeffs), [None] * len(control_vectors))

@@ -7,7 +7,7 @@ losses. At step 0 the updated model is the reference, so unlearn's NPO log-ratio
 this prints what the released variant gives instead on the first demo forget and retain batches (batch 4,
 left-padded to the longest document), and the bf16 cast's share of the retain terms.
 
-    python scripts/po_differences.py                      # smollm2-135m
+    python docs/findings/scripts/po_differences.py                      # smollm2-135m
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ first step on the embedded model and prints, per learning rate and optimizer, N_
 difference. Two topics: the demo forget corpus (topic 0) and its held-out forget documents (topic 1), the demo
 retain corpus for both, the demo's layer 7 and alpha 100, beta 5.
 
-    python scripts/adaptive_second_topic.py                      # smollm2-135m
-    python scripts/adaptive_second_topic.py --model tiny://llama --layer 7
+    python docs/findings/scripts/adaptive_second_topic.py                      # smollm2-135m
+    python docs/findings/scripts/adaptive_second_topic.py --model tiny://llama --layer 7
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import argparse
 
 import torch
 
+from unlearn.blocks import trained_parameters
 from unlearn.corpora import BatchStream, CorpusSpec, read_texts
 from unlearn.engine import FastEngine
 from unlearn.methods import MethodSpec, build
 from unlearn.methods.adaptive_rmu import mean_token_norm
-from unlearn.models import load_model, trained_parameters
+from unlearn.models import load_model
 from unlearn.train import TopicStreams, train
 
 

@@ -2,7 +2,7 @@
 report what each recovers.
 
     python -m unlearn eval=none save_model=true output_root=outputs/rmu     # an unlearned model (the default run)
-    python scripts/relearn_grid.py outputs/rmu/<date>/<time>/model --lr 3e-4,1e-3,3e-3 --steps 6,12,24
+    python docs/findings/scripts/relearn_grid.py outputs/rmu/<date>/<time>/model --lr 3e-4,1e-3,3e-3 --steps 6,12,24
 
 The base model (`--base`, default the embedded SmolLM2) and the unlearned one are evaluated on the demo
 forget/retain tasks first (0-shot); each setting then fine-tunes the unlearned model (the attack code of

@@ -1,9 +1,9 @@
 """Contaminated copies of the bundled demo corpora, and how well an audit finds the contamination.
 
-    python scripts/contaminate_demo.py write --fraction 0.10 --seed 0 --out /tmp/demo-c10
+    python docs/findings/scripts/contaminate_demo.py write --fraction 0.10 --seed 0 --out /tmp/demo-c10
     python -m unlearn.audit data.topics.virology.forget.path=/tmp/demo-c10/forget.jsonl \
         data.topics.virology.retain.path=/tmp/demo-c10/retain.jsonl
-    python scripts/contaminate_demo.py score /tmp/demo-c10 outputs/audit/<date>/<time>
+    python docs/findings/scripts/contaminate_demo.py score /tmp/demo-c10 outputs/audit/<date>/<time>
 
 `write` moves a seeded `fraction` of each side's documents (rounded half up: 9 of 170 at 5%, 17 at 10%) to
 the other side, each inserted at a seeded random position (so the training batches, which read the files in
@@ -24,7 +24,7 @@ import math
 import random
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parent.parent / "unlearn" / "data" / "demo"
+DEMO = Path(__file__).resolve().parents[3] / "unlearn" / "data" / "demo"
 SIDES = ("forget", "retain")
 SCORES = ("ifs_class_gd", "ifs_class_gc", "plain_gd", "plain_gc")
 

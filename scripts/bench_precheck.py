@@ -32,7 +32,7 @@ PRECHECK = """
 import sys
 try:
     from unlearn.cli import precheck
-except ImportError:
+except ImportError:  # a checkout from before unlearn.cli
     from unlearn.__main__ import precheck
 precheck(sys.argv[1:], multirun=True)
 """

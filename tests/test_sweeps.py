@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.conftest import REPO
 from tests.test_cli import _start_and_wait_for_steps
-from unlearn.__main__ import CONF_DIR, config_loader, job_composer, precheck
+from unlearn.cli import CONF_DIR, config_loader, job_composer, precheck
 from unlearn.errors import UnlearnError
 from unlearn.sweep import already_completed, job_outcomes, planned_jobs, record_job, run_name
 
@@ -295,7 +295,7 @@ def test_a_sweep_is_checked_job_by_job_as_hydras_basic_sweeper_runs_it():
 # and the config it handed the task, which is what the pre-check must have checked.
 HYDRA_JOBS_ONLY = """
 import hydra
-from unlearn.__main__ import CONF_DIR  # registers the config schemas and the run-name resolver
+from unlearn.cli import CONF_DIR  # registers the config schemas and the run-name resolver
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def job(cfg):

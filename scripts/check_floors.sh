@@ -5,19 +5,24 @@
 #   bash scripts/check_floors.sh                 # venv in /tmp/unlearn-floors (removed first)
 #   bash scripts/check_floors.sh /path/to/venv   # elsewhere
 #   PYTEST_ARGS="tests/test_evaluation.py" bash scripts/check_floors.sh   # a subset while bisecting a floor
-#   PYTHON=python3.12 bash scripts/check_floors.sh                       # another interpreter
+#   PYTHON=python3.12 bash scripts/check_floors.sh                       # another interpreter (a path if a
+#                                                                        # pyenv shim refuses it)
 #   TORCH=2.6.0 bash scripts/check_floors.sh                             # another torch (PyPI's build)
 #   NEWEST=1 TORCH=2.6.0 bash scripts/check_floors.sh                    # only torch pinned, the rest newest
 #
 # Indirect dependencies resolve to the newest releases pip finds, as they do for a user installing the floors
 # today. torch: by default the CPU build pinned in scripts/constraints-cpu.txt; with TORCH=X, PyPI's torch X
 # (on Linux x86_64 a CUDA build of several GB, which runs on a CPU too). The last line is the row for the
-# README's floors table: when, what was pinned, what ran and what passed.
+# README's floors table: when, what was pinned, what ran, what passed and the load on the machine meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-/tmp/unlearn-floors}"
 PYTHON="${PYTHON:-python3}"
 TESTS="${PYTEST_ARGS:-}"
+if ! "$PYTHON" -c 'import venv' >/dev/null 2>&1; then
+    echo "check_floors: $PYTHON does not run here; give the interpreter's path (PYTHON=/path/to/python3.10)" >&2
+    exit 2
+fi
 
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
@@ -59,6 +64,7 @@ status=${PIPESTATUS[0]}
 set -e
 summary="$(grep -E '[0-9]+ (passed|failed)' "$VENV/pytest.txt" | tail -1 | tr -d '=' | xargs)"
 minutes=$(( ($(date +%s) - started + 59) / 60 ))
+load="$(cut -d' ' -f3 /proc/loadavg) (15-min load average at the end) on $(nproc) cores"
 pinned="$([ -n "${NEWEST:-}" ] && echo "torch pinned, the rest newest" || echo "every floor pinned")"
-echo "| $(date -u +%Y-%m-%d), Python $(python -c 'import platform; print(platform.python_version())'), $pinned: ${installed% } | \`$([ -n "${PYTHON:-}" ] && [ "$PYTHON" != python3 ] && echo "PYTHON=$PYTHON ")$([ -n "${TORCH:-}" ] && echo "TORCH=$TORCH ")$([ -n "${NEWEST:-}" ] && echo "NEWEST=1 ")$([ -n "$TESTS" ] && echo "PYTEST_ARGS=\"$TESTS\" ")bash scripts/check_floors.sh\` | $([ "$status" = 0 ] && echo "**passing**" || echo "**failing**"): $summary (the fast tests, \`-m \"not slow\"\`$([ -n "$TESTS" ] && echo ", of $TESTS only")), $minutes min |"
+echo "| $(date -u +%Y-%m-%d), Python $(python -c 'import platform; print(platform.python_version())'), $pinned: ${installed% } | \`$([ -n "${PYTHON:-}" ] && [ "$PYTHON" != python3 ] && echo "PYTHON=$PYTHON ")$([ -n "${TORCH:-}" ] && echo "TORCH=$TORCH ")$([ -n "${NEWEST:-}" ] && echo "NEWEST=1 ")$([ -n "$TESTS" ] && echo "PYTEST_ARGS=\"$TESTS\" ")bash scripts/check_floors.sh\` | $([ "$status" = 0 ] && echo "**passing**" || echo "**failing**"): $summary (the fast tests, \`-m \"not slow\"\`$([ -n "$TESTS" ] && echo ", of $TESTS only")), $minutes min, $load |"
 exit "$status"

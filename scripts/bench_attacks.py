@@ -42,8 +42,9 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from unlearn.evaluation import EvalSpec
-    from unlearn.evaluation.attacks import AttackTexts, run_attacks, weights_swapped
+    from unlearn.evaluation import eval_spec
+    from unlearn.evaluation.attack_context import AttackTexts
+    from unlearn.evaluation.attacks import run_attacks, weights_swapped
     from unlearn.evaluation.choice_loss import encode
     from unlearn.evaluation.heldout import forget_questions, score_heldout, split_questions
     from unlearn.evaluation.optimised import SEPARATOR, fit_prefix
@@ -53,7 +54,7 @@ def main() -> None:
     with initialize_config_dir(os.path.abspath(conf), version_base="1.3"):
         cfg = compose("config", overrides=["eval=demo", "eval.attacks=[prefix,latent]", "eval.robustness.enabled=false",
                                            "eval.probes.enabled=false", *args.overrides])
-    spec = EvalSpec.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    spec = eval_spec(OmegaConf.to_container(cfg.eval, resolve=True))
     model, tokenizer = load_model(args.model)
     split = split_questions(forget_questions(spec), spec.attack.split)
     print(f"model {args.model}; {split.sizes['train_questions']} train / {split.sizes['heldout_questions']} held-out "

@@ -45,13 +45,13 @@ def demo_spec(*, scorer: str, batch_size: int, limit: int | None):
     from omegaconf import OmegaConf
 
     import unlearn.schema  # noqa: F401  (registers the config schemas)
-    from unlearn.evaluation import EvalSpec
+    from unlearn.evaluation import eval_spec
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):  # eval=demo over conf/eval/base.yaml
         cfg = OmegaConf.to_container(compose("config", overrides=["eval=demo"]).eval, resolve=True)
     cfg.update(scorer=scorer, batch_size=batch_size, limit=limit)
     cfg["probes"]["enabled"] = False
-    return EvalSpec.from_config(cfg)
+    return eval_spec(cfg)
 
 
 def demo_keywords() -> dict[str, list[str]]:

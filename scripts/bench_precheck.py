@@ -6,8 +6,8 @@
 
 The pre-check composes every job of the sweep and runs every check that needs no weights, the evaluation's
 tasks included. The hub's WMDP and MMLU stand in here as local tasks of the same names and format (a task YAML
-in the format of lm-eval's wmdp_bio, with the test fixtures' questions; a `mmlu` group of lm-eval's 57 subject
-names), so it runs offline. Each checkout runs in its own process (PYTHONPATH=<checkout>), `--repeats` times;
+in the format of lm-eval's wmdp_bio, with the test fixtures' questions; a `mmlu` group of 57 subjects), so it
+runs offline. Each checkout runs in its own process (PYTHONPATH=<checkout>), `--repeats` times;
 the fastest time is printed.
 """
 
@@ -32,18 +32,18 @@ PRECHECK = """
 import sys
 try:
     from unlearn.cli import precheck
-except ImportError:
+except ImportError:  # a checkout from before unlearn.cli
     from unlearn.__main__ import precheck
 precheck(sys.argv[1:], multirun=True)
 """
 
 
 def stand_in_tasks(folder: Path) -> None:
-    """wmdp_bio, wmdp_cyber, the 57 mmlu_* subjects and the `mmlu` group, as local tasks."""
-    import lm_eval
-
+    """wmdp_bio, wmdp_cyber and a `mmlu` group of 57 subjects (the four eval=wmdp_mmlu names, 53 more), as local
+    tasks."""
     template = yaml.safe_load((FIXTURES / "wmdp/wmdp_letters.yaml").read_text())
-    subjects = sorted(path.stem for path in (Path(lm_eval.__file__).parent / "tasks/mmlu/default").glob("mmlu_*.yaml"))
+    named = ["mmlu_college_biology", "mmlu_virology", "mmlu_college_computer_science", "mmlu_computer_security"]
+    subjects = named + [f"mmlu_subject_{i}" for i in range(57 - len(named))]
     questions = {"forget": FIXTURES / "eval/demo_forget.jsonl", "retain": FIXTURES / "eval/demo_retain.jsonl"}
     for name, side in [("wmdp_bio", "forget"), ("wmdp_cyber", "forget"), *((s, "retain") for s in subjects)]:
         task = dict(template, task=name, dataset_kwargs={"data_files": {"test": str(questions[side])}})

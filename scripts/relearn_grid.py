@@ -20,9 +20,9 @@ from dataclasses import replace
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from unlearn.__main__ import CONF_DIR
+from unlearn.cli import CONF_DIR
 from unlearn.corpora import CorpusSpec, read_texts
-from unlearn.evaluation import EvalSpec
+from unlearn.evaluation import eval_spec
 from unlearn.evaluation.attacks import evaluate_tasks, recovered_fraction, relearned
 from unlearn.models import load_model
 
@@ -40,7 +40,7 @@ def main() -> None:
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["eval=demo_attacks", f"eval.limit={args.limit or 'null'}"])
-    spec = EvalSpec.from_config(OmegaConf.to_container(cfg.eval, resolve=True))
+    spec = eval_spec(OmegaConf.to_container(cfg.eval, resolve=True))
     settings = spec.attack.relearn
 
     def accuracies(model, tokenizer) -> tuple[float, float]:

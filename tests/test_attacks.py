@@ -22,12 +22,13 @@ from tests.test_cli import tiny_args, unlearn
 from tests.test_report import BEFORE, evaluation, make_run
 from unlearn import report
 from unlearn.errors import UnlearnError
-from unlearn.evaluation import EvalSpec, evaluate
+from unlearn.evaluation import eval_spec, evaluate
+from unlearn.evaluation.attack_context import AttackTexts
 from unlearn.evaluation.attacks import (
-    AttackTexts, _right_padded, mean_block_outputs, project_out, projected_out, recovered_fraction, relearned,
-    run_attacks,
+    _right_padded, mean_block_outputs, project_out, projected_out, recovered_fraction, relearned, run_attacks,
 )
 from unlearn.models import decoder_blocks, load_model
+from unlearn.schema import EvalSpec
 
 DEMO_TASKS = REPO / "unlearn/evaluation/tasks/demo"
 FIXTURES = REPO / "tests/fixtures/eval"
@@ -61,7 +62,7 @@ def spec(tmp_path_factory) -> EvalSpec:
     cfg = composed_eval("eval=demo_attacks", "eval.attack.relearn.steps=3", "eval.attack.relearn.max_documents=6",
                         "eval.attack.relearn.max_length=64", "eval.attack.ablate.max_length=64")
     cfg["include_paths"] = [str(folder)]
-    return EvalSpec.from_config(cfg)
+    return eval_spec(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +88,12 @@ def assert_unchanged(model, saved: dict[str, torch.Tensor], module_types: list[s
 
 
 def test_presets_turn_the_standard_set_on_and_the_defaults_leave_it_off():
-    assert EvalSpec.from_config(composed_eval("eval=demo")).attacks == ()
-    assert EvalSpec.from_config(composed_eval("eval=wmdp_mmlu")).attacks == ()
-    attacked = EvalSpec.from_config(composed_eval("eval=demo_attacks"))
+    assert eval_spec(composed_eval("eval=demo")).attacks == ()
+    assert eval_spec(composed_eval("eval=wmdp_mmlu")).attacks == ()
+    attacked = eval_spec(composed_eval("eval=demo_attacks"))
     assert attacked.attacks == ("relearn", "ablate", "fewshot", "prefix", "latent")
     assert attacked.tasks == ("demo_forget", "demo_retain") and attacked.attack.fewshot.num_fewshot == 5
-    zephyr = EvalSpec.from_config(composed_eval("eval=wmdp_mmlu_attacks", "eval.attack.ablate.path=/x/bio.jsonl"))
+    zephyr = eval_spec(composed_eval("eval=wmdp_mmlu_attacks", "eval.attack.ablate.path=/x/bio.jsonl"))
     assert (zephyr.attack.relearn.lora_rank, zephyr.attack.relearn.lora_alpha, zephyr.attack.relearn.lr) == (128, 16, 2e-4)
     assert (zephyr.attack.relearn.steps, zephyr.attack.relearn.batch_size, zephyr.attack.relearn.max_documents) == (30, 1, 10)
 
@@ -110,12 +111,12 @@ def test_presets_turn_the_standard_set_on_and_the_defaults_leave_it_off():
 ])
 def test_bad_attack_settings_name_the_key(overrides, expected):
     with pytest.raises(UnlearnError, match=expected):
-        EvalSpec.from_config(composed_eval("eval=demo_attacks", *overrides))
+        eval_spec(composed_eval("eval=demo_attacks", *overrides))
 
 
 def test_the_zephyr_preset_asks_for_forget_text_to_ablate_on():
     with pytest.raises(UnlearnError, match="eval.attack.ablate.path is required for the ablate attack"):
-        EvalSpec.from_config(composed_eval("eval=wmdp_mmlu_attacks"))
+        eval_spec(composed_eval("eval=wmdp_mmlu_attacks"))
 
 
 def test_recovered_fraction_by_hand():

@@ -354,7 +354,7 @@ def test_the_audit_config_composes_over_every_data_preset(data):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from unlearn.__main__ import CONF_DIR
+    from unlearn.cli import CONF_DIR
 
     extra = {"local": ["data.forget_path=f.jsonl", "data.retain_path=r.jsonl"],
              "wmdp": ["data.topics.bio.forget.path=bio.jsonl"], "wmdp_bio": ["data.topics.bio.forget.path=bio.jsonl"]}

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_cli import tiny_args, unlearn
-from unlearn.__main__ import main, normalize_argument
+from unlearn.__main__ import main
+from unlearn.cli import normalize_argument
 
 
 def precheck_error(monkeypatch, capsys, tmp_path, *args: str) -> str:
@@ -234,7 +235,7 @@ def test_out_of_memory_suggests_smaller_batches(tmp_path, corpus_files, monkeypa
     from hydra import compose, initialize_config_dir
 
     import unlearn.run as run_module
-    from unlearn.__main__ import CONF_DIR
+    from unlearn.cli import CONF_DIR
     from unlearn.errors import UnlearnError
 
     def out_of_memory(*args, **kwargs):

@@ -7,9 +7,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from unlearn import config
-from unlearn.evaluation import EvalSpec
+from unlearn.evaluation import eval_spec
 from unlearn.schema import Optimizer
-from unlearn.__main__ import CONF_DIR, group_options
+from unlearn.cli import CONF_DIR, group_options
 
 
 def composed(*overrides: str):
@@ -29,7 +29,7 @@ def test_every_option_composes_and_resolves(group):
             extra = ["eval.tasks=[a,b]", "eval.forget_tasks=[a]", "eval.retain_tasks=[b]", "eval.robustness.tasks=[b]"]
         cfg = composed(f"{group}={option}", *extra)
         if (group, option) == ("eval", "none"):  # an evaluation that runs nothing leaves its settings unset
-            assert EvalSpec.from_config(cfg.eval) is None
+            assert eval_spec(cfg.eval) is None
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=(group, option) != ("eval", "none"))
         assert resolved["eval"]["robustness"]["enabled"] in (True, False)
 

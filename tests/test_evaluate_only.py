@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from tests.test_cli import only_run_dir, unlearn
 from tests.test_evaluation import demo_config, run, task_dir  # noqa: F401  (task_dir: a fixture)
-from unlearn.evaluation import EvalSpec, suite
+from unlearn.evaluation import eval_spec, suite
 from unlearn.evaluation.cache import model_identity
 from unlearn.models import load_model
 
@@ -85,7 +85,7 @@ def test_a_model_rewritten_in_place_is_evaluated_again(task_dir, tmp_path, monke
     calls = []
     real = suite.run_tasks
     monkeypatch.setattr(suite, "run_tasks", lambda *a, **k: calls.append(1) or real(*a, **k))
-    spec = EvalSpec.from_config(demo_config(task_dir, limit=2, robustness__enabled=False))
+    spec = eval_spec(demo_config(task_dir, limit=2, robustness__enabled=False))
     folder = tmp_path / "model"
 
     def evaluate_folder():
@@ -108,7 +108,7 @@ def test_cache_key_holds_what_changes_results(task_dir, tmp_path, monkeypatch): 
     model, tokenizer = load_model("tiny://llama")
     identity = model_identity("tiny://llama", seed=0)
     for batch_size in (4, 4, 2):
-        spec = EvalSpec.from_config(demo_config(task_dir, limit=1, batch_size=batch_size, robustness__enabled=False))
+        spec = eval_spec(demo_config(task_dir, limit=1, batch_size=batch_size, robustness__enabled=False))
         run(model, tokenizer, spec, cache_key=identity, cache_dir=tmp_path)
     assert len(calls) == 2
     run(model.to(torch.bfloat16), tokenizer, spec, cache_key=identity, cache_dir=tmp_path)
@@ -122,7 +122,7 @@ def test_train_false_needs_no_training_corpus(monkeypatch, capsys, tmp_path):
     """Evaluating a released checkpoint on WMDP's data config must not ask for the gated bio forget corpus:
     nothing trains. Training with the same config still does."""
     from tests.test_bad_input import precheck_error
-    from unlearn.__main__ import precheck
+    from unlearn.cli import precheck
 
     args = ["model=tiny-random", "data=wmdp", "eval=demo", f"output_root={tmp_path / 'out'}"]
     precheck([*args, "train=false"])  # passes: no corpus is read

@@ -16,13 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unlearn.__main__ import config_errors
+from unlearn.cli import config_errors
 from unlearn.errors import UnlearnError
-from unlearn.evaluation import EvalSpec, check_tasks, evaluate, format_table, suite
+from unlearn.evaluation import check_tasks, eval_spec, evaluate, format_table, suite
 from unlearn.evaluation.probes import probe_texts_statistics
 from unlearn.evaluation.robustness import insert_keyword, perturbed_task_config
 from unlearn.evaluation.tasks import build, find_tasks, task_config
 from unlearn.models import load_model
+from unlearn.schema import EvalSpec
 
 from tests.conftest import eval_preset
 from tests.test_cli import only_run_dir, tiny_args, unlearn
@@ -95,16 +96,16 @@ def run(model, tokenizer, spec, **kwargs):
 
 @pytest.mark.parametrize("preset", ["demo", "wmdp_mmlu", "none"])
 def test_every_preset_validates(preset):
-    spec = EvalSpec.from_config(eval_preset(preset))
+    spec = eval_spec(eval_preset(preset))
     if preset == "none":  # evaluates nothing: no spec, and none of the settings it leaves unset are read
         assert spec is None
         return
-    assert spec.name == preset and spec.enabled
+    assert spec.name == preset and spec.tasks
     assert set(spec.forget_tasks) | set(spec.retain_tasks) <= set(spec.tasks)
 
 
 def test_wmdp_mmlu_names_are_lm_eval_tasks():
-    spec = EvalSpec.from_config(eval_preset("wmdp_mmlu"))
+    spec = eval_spec(eval_preset("wmdp_mmlu"))
     manager = find_tasks(spec.tasks + spec.robustness.tasks, ())
     assert "mmlu" in manager.all_groups
     assert {"wmdp_bio", "wmdp_cyber", "mmlu_virology", "mmlu_computer_security"} <= set(manager.all_tasks)
@@ -122,7 +123,7 @@ def test_wmdp_mmlu_names_are_lm_eval_tasks():
 )
 def test_bad_settings_name_the_key(overrides, expected, task_dir):
     with pytest.raises(UnlearnError, match=expected):
-        EvalSpec.from_config(demo_config(task_dir, **overrides))
+        eval_spec(demo_config(task_dir, **overrides))
 
 
 def test_misspelt_key_suggests_the_right_one(task_dir):
@@ -130,7 +131,7 @@ def test_misspelt_key_suggests_the_right_one(task_dir):
     cfg["batch_sise"] = cfg.pop("batch_size")
     with pytest.raises(UnlearnError, match="eval.batch_sise is not a key of eval: did you mean eval.batch_size"):
         with config_errors():  # OmegaConf's error, worded as the CLI words it
-            EvalSpec.from_config(cfg)
+            eval_spec(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def test_demo_tasks_run_in_memory_at_the_configured_batch_size(tiny, task_dir, t
         lambda module, args, kwargs: batch_rows.append((args[0] if args else kwargs["input_ids"]).shape[0]),
         with_kwargs=True)
     monkeypatch.chdir(tmp_path)  # the tasks' custom_dataset reads the files beside the YAML, from anywhere
-    spec = EvalSpec.from_config(demo_config(task_dir, tasks=["demo_all", "demo_forget", "demo_retain"], batch_size=8))
+    spec = eval_spec(demo_config(task_dir, tasks=["demo_all", "demo_forget", "demo_retain"], batch_size=8))
     model.train()  # evaluation must leave the caller's mode alone
     torch.manual_seed(7)
     expected_draw = torch.rand(3)
@@ -187,7 +188,7 @@ def test_num_fewshot_reaches_tasks_whose_yaml_says_zero(tiny, task_dir):
     """The demo tasks' YAML says `num_fewshot: 0`, and lm-eval leaves a requested num_fewshot unapplied then; the
     evaluation runs copies of their configs instead, so 2 examples really go in each prompt (lm-eval's own
     n-shot record), and a group's accuracy is its tasks' size-weighted mean (6 and 8 questions)."""
-    spec = EvalSpec.from_config(demo_config(task_dir, tasks=["demo_all"], forget_tasks=[], retain_tasks=[],
+    spec = eval_spec(demo_config(task_dir, tasks=["demo_all"], forget_tasks=[], retain_tasks=[],
                                             num_fewshot=2, robustness__enabled=False))
     tasks = run(*tiny, spec)["tasks"]
     assert {name: metrics["num_fewshot"] for name, metrics in tasks.items() if name != "demo_all"} == \
@@ -198,7 +199,7 @@ def test_num_fewshot_reaches_tasks_whose_yaml_says_zero(tiny, task_dir):
 
 
 def test_limit_caps_documents(tiny, task_dir):
-    spec = EvalSpec.from_config(demo_config(task_dir, limit=3, robustness__enabled=False))
+    spec = eval_spec(demo_config(task_dir, limit=3, robustness__enabled=False))
     results = run(*tiny, spec)
     assert [m["n"] for m in results["tasks"].values()] == [3, 3]
     assert results["robustness"] is None and results["probes"] is None
@@ -223,7 +224,7 @@ def test_insert_keyword_positions():
 
 @pytest.mark.parametrize("position", ["start", "end", "random"])
 def test_perturbed_task_prompts_hold_the_keyword(position, task_dir):
-    spec = EvalSpec.from_config(demo_config(task_dir))
+    spec = eval_spec(demo_config(task_dir))
     manager = find_tasks(("demo_retain",), (task_dir,))
     [clean] = build(manager, "demo_retain")
     perturbed_cfg = perturbed_task_config(
@@ -292,7 +293,7 @@ def test_probes_match_a_direct_computation(tiny):
 
 
 def test_probes_run_inside_evaluate(tiny, task_dir):
-    spec = EvalSpec.from_config(demo_config(task_dir, tasks=[], forget_tasks=[], retain_tasks=[],
+    spec = eval_spec(demo_config(task_dir, tasks=[], forget_tasks=[], retain_tasks=[],
                                             robustness__enabled=False))
     u = {"virology": F.normalize(torch.ones(64), dim=0)}
     results = evaluate(*tiny, spec, unlearn_layer=3, control_vectors=u, keywords={},
@@ -310,7 +311,7 @@ def test_base_model_results_are_cached(tiny, task_dir, tmp_path, monkeypatch):
     calls = []
     real = suite.run_tasks
     monkeypatch.setattr(suite, "run_tasks", lambda *a, **k: calls.append(1) or real(*a, **k))
-    spec = EvalSpec.from_config(demo_config(task_dir, limit=1))
+    spec = eval_spec(demo_config(task_dir, limit=1))
 
     first = run(*tiny, spec, cache_key="tiny://llama", cache_dir=tmp_path)
     second = run(*tiny, spec, cache_key="tiny://llama", cache_dir=tmp_path)
@@ -320,8 +321,8 @@ def test_base_model_results_are_cached(tiny, task_dir, tmp_path, monkeypatch):
     assert [p.suffix for p in tmp_path.iterdir()] == [".json"]  # no temporary file left behind
 
     run(*tiny, spec, cache_key="tiny://llama", cache_dir=tmp_path, keywords={"virology": ["pathogen"]})
-    run(*tiny, EvalSpec.from_config(demo_config(task_dir, limit=2)), cache_key="tiny://llama", cache_dir=tmp_path)
-    run(*tiny, EvalSpec.from_config(demo_config(task_dir, limit=1, scorer="hflm")),  # numbers of another scorer
+    run(*tiny, eval_spec(demo_config(task_dir, limit=2)), cache_key="tiny://llama", cache_dir=tmp_path)
+    run(*tiny, eval_spec(demo_config(task_dir, limit=1, scorer="hflm")),  # numbers of another scorer
         cache_key="tiny://llama", cache_dir=tmp_path)
     run(*tiny, spec)  # no cache key: the trained model, always evaluated
     assert len(calls) == 5
@@ -349,7 +350,7 @@ def test_a_cache_write_cut_short_keeps_the_old_file(tmp_path, monkeypatch):
 
 def test_offline_hub_task_fails_fast_with_the_fix(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)  # older datasets: HF_DATASETS_OFFLINE (set by conftest)
-    spec = EvalSpec.from_config(eval_preset("wmdp_mmlu"))
+    spec = eval_spec(eval_preset("wmdp_mmlu"))
     with pytest.raises(UnlearnError) as error:
         check_tasks(spec)
     message = str(error.value)
@@ -361,7 +362,7 @@ def test_offline_hub_task_fails_fast_with_the_fix(monkeypatch):
 def test_offline_hub_task_fails_in_evaluate_before_any_scoring(tiny, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)  # older datasets: HF_DATASETS_OFFLINE (set by conftest)
     monkeypatch.setattr(suite, "run_tasks", lambda *a, **k: pytest.fail("lm-eval should not run"))
-    spec = EvalSpec.from_config(eval_preset("wmdp_mmlu"))
+    spec = eval_spec(eval_preset("wmdp_mmlu"))
     with pytest.raises(UnlearnError, match="cais/wmdp"):
         run(*tiny, spec)
 
@@ -371,13 +372,13 @@ def test_unknown_task_suggests_the_close_match():
     cfg.update(tasks=["mmlu_virolgy"], forget_tasks=[], retain_tasks=[])
     cfg["robustness"]["enabled"] = False
     with pytest.raises(UnlearnError, match=r"unknown lm-eval task 'mmlu_virolgy' \(did you mean mmlu_virology"):
-        check_tasks(EvalSpec.from_config(cfg))
+        check_tasks(eval_spec(cfg))
 
 
 def test_invalid_task_yaml_is_named(tmp_path):
     (tmp_path / "good.yaml").write_text("task: fine\ndataset_path: json\n")
     (tmp_path / "broken.yaml").write_text("task: [unclosed\n")
-    spec = EvalSpec.from_config(demo_config(tmp_path, tasks=["fine"], forget_tasks=[], retain_tasks=[],
+    spec = eval_spec(demo_config(tmp_path, tasks=["fine"], forget_tasks=[], retain_tasks=[],
                                             robustness__enabled=False))
     with pytest.raises(UnlearnError, match=r"broken\.yaml is not valid lm-eval task YAML"):
         check_tasks(spec)
@@ -394,7 +395,7 @@ def test_tasks_are_built_once_per_process_and_again_when_a_file_changes(tmp_path
     built = []
     real_build = suite.build
     monkeypatch.setattr(suite, "build", lambda manager, name: built.append(name) or real_build(manager, name))
-    spec = EvalSpec.from_config(demo_config(tmp_path))
+    spec = eval_spec(demo_config(tmp_path))
     check_tasks(spec)
     check_tasks(spec)
     leaves = suite.forget_leaves(spec)
@@ -410,7 +411,7 @@ def _lonely_task(tmp_path: Path, data_file: str, builder: str = "json") -> EvalS
     (tmp_path / "lonely.yaml").write_text(
         f"task: lonely\ndataset_path: {builder}\ndataset_kwargs: {{data_files: {{test: {data_file}}}}}\n"
     )
-    return EvalSpec.from_config(demo_config(tmp_path, tasks=["lonely"], forget_tasks=[], retain_tasks=[],
+    return eval_spec(demo_config(tmp_path, tasks=["lonely"], forget_tasks=[], retain_tasks=[],
                                             robustness__enabled=False))
 
 
@@ -443,26 +444,26 @@ def test_include_path_that_is_a_file_says_so(tmp_path):
     cfg["include_paths"] = [str(task_file)]
     with pytest.raises(UnlearnError, match=r"eval.include_paths: found a \.yaml file at .*demo_forget\.yaml, "
                                            r"expected a directory of lm-eval task YAML files"):
-        check_tasks(EvalSpec.from_config(cfg))
+        check_tasks(eval_spec(cfg))
 
 
 def test_include_of_a_missing_template_is_named(tmp_path):
     (tmp_path / "child.yaml").write_text("task: child\ninclude: _missing_template_yaml\n")
-    spec = EvalSpec.from_config(demo_config(tmp_path, tasks=["child"], forget_tasks=[], retain_tasks=[],
+    spec = eval_spec(demo_config(tmp_path, tasks=["child"], forget_tasks=[], retain_tasks=[],
                                             robustness__enabled=False))
     with pytest.raises(UnlearnError, match=r"includes _missing_template_yaml: found nothing"):
         check_tasks(spec)
 
 
 def test_missing_probe_text_is_named(task_dir):
-    spec = EvalSpec.from_config(demo_config(task_dir, probes__forget_path="pkg://unlearn/data/demo/nothing.jsonl"))
+    spec = eval_spec(demo_config(task_dir, probes__forget_path="pkg://unlearn/data/demo/nothing.jsonl"))
     with pytest.raises(UnlearnError, match=r"eval.probes.forget_path: found nothing \(no such file or directory\) at "
                                           r"pkg://unlearn/data/demo/nothing.jsonl, expected a held-out JSONL"):
         check_tasks(spec)
 
 
 def test_robustness_needs_a_yaml_task(task_dir):
-    spec = EvalSpec.from_config(demo_config(task_dir, robustness__tasks=["demo_all"]))
+    spec = eval_spec(demo_config(task_dir, robustness__tasks=["demo_all"]))
     with pytest.raises(UnlearnError, match="'demo_all' is a group"):
         check_tasks(spec)
 
@@ -494,7 +495,7 @@ def test_bundled_demo_preset_runs_from_any_directory(tiny, tmp_path, monkeypatch
     cfg = eval_preset("demo")
     cfg["limit"] = 2
     cfg["probes"]["enabled"] = False  # its held-out texts are another test's business
-    spec = EvalSpec.from_config(cfg)
+    spec = eval_spec(cfg)
     check_tasks(spec)
     results = run(*tiny, spec)
     assert [m["n"] for m in results["tasks"].values()] == [2, 2]

@@ -120,7 +120,7 @@ def test_an_installed_wheel_runs_a_sweep_of_ones_own_preset_and_reports_it(insta
     evaluated on the bundled tasks, then the report of it; the pre-check knows the preset; the audit takes it."""
     _, bin_dir = installed
     write_two_topics(tmp_path)
-    where = run([bin_dir / "python", "-c", "import unlearn.__main__ as m; print(m.CONF_DIR)"], tmp_path)
+    where = run([bin_dir / "python", "-c", "import unlearn.cli as m; print(m.CONF_DIR)"], tmp_path)
     conf = Path(where.stdout.strip())
     assert conf.parts[-2:] == ("unlearn", "conf") and conf.is_relative_to(bin_dir.parent), where
 
@@ -173,7 +173,7 @@ def test_ones_own_presets_the_hydra_ways(how, tmp_path, monkeypatch, capsys):
     shown = capsys.readouterr().out
     assert "alpha:" in shown and "beta:" in shown
 
-    from unlearn.__main__ import precheck, read_command_line
+    from unlearn.cli import precheck, read_command_line
 
     command = read_command_line([*how, "data=two", "model=tiny-random", "eval=none", "steps=2"], "config")
     precheck(command.overrides, command.multirun, command.search)  # passes: both topics' files exist

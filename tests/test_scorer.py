@@ -20,7 +20,7 @@ from lm_eval.api.registry import get_model
 from lm_eval.models.huggingface import HFLM
 from omegaconf import OmegaConf
 
-from unlearn.evaluation import EvalSpec, evaluate
+from unlearn.evaluation import eval_spec, evaluate
 from unlearn.evaluation.harness import run_tasks
 from unlearn.evaluation.robustness import perturbed_task_config
 from unlearn.evaluation.scorer import NAME, SharedContextLM
@@ -227,7 +227,7 @@ def test_evaluation_results_identical_to_hflm(tiny, task_dir, num_fewshot):
     for scorer in ("hflm", "shared_context"):
         cfg = eval_preset("demo")
         cfg.update(include_paths=[str(task_dir)], scorer=scorer, num_fewshot=num_fewshot, batch_size=8)
-        done = evaluate(model, tokenizer, EvalSpec.from_config(cfg), unlearn_layer=7, control_vectors={},
+        done = evaluate(model, tokenizer, eval_spec(cfg), unlearn_layer=7, control_vectors={},
                         keywords={"virology": ["virus", "gain-of-function research"]}, probe_texts=None)
         results[scorer] = {key: done[key] for key in ("tasks", "robustness", "forget_acc", "retain_acc")}
     assert results["shared_context"] == results["hflm"]

@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.conftest import REPO
 from tests.test_cli import _start_and_wait_for_steps
-from unlearn.__main__ import CONF_DIR, config_loader, job_composer, precheck
+from unlearn.cli import CONF_DIR, config_loader, job_composer, precheck
 from unlearn.errors import UnlearnError
 from unlearn.sweep import already_completed, job_outcomes, planned_jobs, record_job, run_name
 
@@ -295,7 +295,7 @@ def test_a_sweep_is_checked_job_by_job_as_hydras_basic_sweeper_runs_it():
 # and the config it handed the task, which is what the pre-check must have checked.
 HYDRA_JOBS_ONLY = """
 import hydra
-from unlearn.__main__ import CONF_DIR  # registers the config schemas and the run-name resolver
+from unlearn.cli import CONF_DIR  # registers the config schemas and the run-name resolver
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def job(cfg):
@@ -382,3 +382,20 @@ def test_outcomes_are_those_of_one_invocation_whatever_the_clocks_say(tmp_path):
     record_job(tmp_path, new, 1, skipped, "skipped")
     record_job(tmp_path, new, 2, failed, "failed")
     assert job_outcomes(tmp_path, new) == {"completed": [done], "skipped": [skipped], "failed": [failed, killed]}
+
+
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+
+
+def test_exclude_keys_from_the_command_line_guard_the_sweep_and_name_the_runs(tmp_path, corpus_files):
+    """The composed exclude_keys, a command-line override included, decide what may be swept and how runs are
+    named (the pre-check once read them from the bundled conf/config.yaml, missing the override)."""
+    sweep = tmp_path / "sweep"
+    refused = unlearn(*sweep_args(sweep, corpus_files, "layer=3,5", f"{EXCLUDE_KEYS}=[sweep,logger,save_model,output_root,layer]"))
+    assert refused.returncode == 2 and "error: cannot sweep layer: it is left out of run-directory names" in refused.stderr
+    assert not sweep.exists()
+    done = unlearn(*sweep_args(sweep, corpus_files, "layer=3,5", f"{EXCLUDE_KEYS}=[sweep,logger,save_model,output_root,steps]"))
+    assert done.returncode == 0, done.stderr
+    names = sorted(run_dirs(sweep))
+    assert len(names) == 2 and [("layer=3" in n, "layer=5" in n) for n in names] == [(True, False), (False, True)]
+    assert not any("steps=" in name for name in names)

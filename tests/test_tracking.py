@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import REPO
-from unlearn.__main__ import CONF_DIR
+from unlearn.cli import CONF_DIR
 from unlearn.tracking import NullTracker, WandbTracker, flatten_results, start_tracker, sweep_group, wandb_mode
 
 SECRET = "0123456789abcdef0123456789abcdef0123fake"  # a 40-character API-key look-alike

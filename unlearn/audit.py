@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from unlearn import config, exclusions, influence, rundir
-from unlearn.__main__ import CONF_DIR, ConfigSearch, check_jobs, cli
+from unlearn.cli import CONF_DIR, ConfigSearch, check_jobs, run
 from unlearn.config import TopicSpec
 from unlearn.corpora import CorpusSpec, is_local, read_texts, resolve_path
 from unlearn.errors import UnlearnError
@@ -428,7 +428,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    cli(hydra_main, precheck, "audit")
+    run(hydra_main, precheck, "audit")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ from unlearn.config import TopicSpec
 from unlearn.corpora import BatchStream, CorpusSpec, check_sizes, load_topic, read_texts
 from unlearn.engine import FastEngine
 from unlearn.methods import MethodSpec, build as build_method
-from unlearn.evaluation import EvalSpec, attacks, check_tasks, evaluate, format_attacks, format_table
+from unlearn.evaluation import attacks, check_tasks, eval_spec, evaluate, format_attacks, format_table
 from unlearn.evaluation.cache import model_identity
 from unlearn.models import cache_root, check_model_layout, load_model, load_model_config, num_blocks, trained_parameters
+from unlearn.schema import EvalSpec
 from unlearn.tracking import NullTracker, start_tracker
 from unlearn.train import TopicStreams, train
 
@@ -64,7 +65,7 @@ def plan(cfg: DictConfig, overridden_method_keys: list[str] = ()) -> Plan:
 
 
 def _eval_spec(cfg: DictConfig):
-    spec = EvalSpec.from_config(cfg.eval)
+    spec = eval_spec(cfg.eval)
     if spec is None:  # eval=none
         return None
     check_tasks(spec)

@@ -198,19 +198,6 @@ class EvalSpec:
     attacks: List[str] = MISSING  # knowledge-recovery attacks run after the evaluation, in order
     attack: Optional[AttackSpec] = MISSING  # their settings; None when no attack is listed
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.tasks) or self.robustness.enabled or self.probes.enabled
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> Optional[EvalSpec]:  # noqa: F821 (the class itself)
-        """The checked settings of `cfg.eval` (a composed node or a plain dict); None when it evaluates nothing
-        (the rules: unlearn.evaluation.spec)."""
-        from unlearn.evaluation.spec import eval_spec
-
-        return eval_spec(cfg)
-
-
 
 @dataclass
 class RMUConfig:

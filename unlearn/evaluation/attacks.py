@@ -37,7 +37,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +47,17 @@ from torch import nn
 from unlearn.corpora import CorpusSpec, Topic, describe, is_local, read_texts, resolve_path
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import optimised
+from unlearn.evaluation.attack_context import AttackContext, AttackTexts
 from unlearn.evaluation.harness import eval_mode
-from unlearn.evaluation.spec import AblateSpec, EvalSpec, RelearnSpec
 from unlearn.evaluation.suite import evaluate
-from unlearn.schema import ATTACKS
 from unlearn.models import capture_block_outputs, decoder_blocks, rewrite_block_outputs
+from unlearn.schema import ATTACKS, AblateSpec, EvalSpec, RelearnSpec
 
 log = logging.getLogger(__name__)
 
 # A direction whose norm is below this fraction of the original mean output's norm is float noise, not a
 # change the training made: projecting it out would only remove a random direction.
 ZERO_DIRECTION = 1e-6
-
-
-@dataclass(frozen=True)
-class AttackTexts:
-    """The documents the attacks read, loaded before any weights."""
-
-    relearn: list[str] | None  # None: relearn is not asked for
-    ablate: list[str] | None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -141,31 +133,6 @@ def attack_settings(spec: EvalSpec) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Running them
-
-
-@dataclass
-class AttackContext:
-    """What an attack may read: the one argument of every function in `ATTACK_FUNCTIONS`."""
-
-    model: nn.Module
-    tokenizer: Any
-    spec: EvalSpec
-    texts: AttackTexts
-    original_means: torch.Tensor | None  # the base model's mean block outputs (ablate), taken before training
-    trained_blocks: list[int]
-    unlearn_layer: int
-    control_vectors: dict[str, torch.Tensor]
-    base_weights: Callable[[], contextlib.AbstractContextManager] | None = None  # inside: the base model's weights
-    base_identity: Any = None  # the base model's cache identity (evaluation.cache.model_identity); None: no cache
-    cache_dir: Path | None = None
-    _memo: dict[str, Any] = field(default_factory=dict)
-
-    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
-        """`compute()` once per run (e.g. the unlearned model's clean held-out accuracy, which both optimised
-        attacks compare against)."""
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
 
 
 def run_attacks(

@@ -24,7 +24,7 @@ from torch import nn
 from unlearn.errors import UnlearnError
 from unlearn.evaluation.harness import run_tasks, task_metrics
 from unlearn.evaluation.robustness import weighted_mean
-from unlearn.evaluation.spec import EvalSpec, SplitSpec
+from unlearn.schema import EvalSpec, SplitSpec
 from unlearn.evaluation.tasks import task_config, task_name
 
 HELDOUT_SUFFIX = "__heldout"

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -33,16 +33,14 @@ from tqdm.auto import tqdm
 
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import cache
+from unlearn.evaluation.attack_context import AttackContext
 from unlearn.evaluation.choice_loss import Rows, backward_mean_loss, encode, mean_loss
 from unlearn.evaluation.harness import eval_mode
 from unlearn.evaluation.heldout import Split, forget_questions, score_heldout, split_questions
-from unlearn.evaluation.spec import EvalSpec, LatentSpec, PrefixSpec
+from unlearn.schema import EvalSpec, LatentSpec, PrefixSpec
 from unlearn.evaluation.tasks import fingerprint
 from unlearn.models import capture_block_outputs, decoder_blocks, rewrite_block_outputs
 from unlearn.schema import Scorer
-
-if TYPE_CHECKING:
-    from unlearn.evaluation.attacks import AttackContext
 
 log = logging.getLogger(__name__)
 

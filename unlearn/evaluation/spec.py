@@ -17,11 +17,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from unlearn.errors import UnlearnError
-from unlearn.schema import (ABLATE_BLOCKS, ATTACKS, OPTIMISED_ATTACKS, POSITIONS, AblateSpec, AttackSpec, EvalSpec,
-                            FewshotSpec, LatentSpec, PrefixSpec, ProbeSpec, RelearnSpec, RobustnessSpec, SplitSpec)
-
-__all__ = ["AblateSpec", "AttackSpec", "EvalSpec", "FewshotSpec", "LatentSpec", "PrefixSpec", "ProbeSpec",
-           "RelearnSpec", "RobustnessSpec", "SplitSpec", "eval_spec"]
+from unlearn.schema import ABLATE_BLOCKS, ATTACKS, OPTIMISED_ATTACKS, POSITIONS, AttackSpec, EvalSpec, ProbeSpec, RobustnessSpec
 
 
 @dataclass
@@ -33,7 +29,7 @@ class _EvalSection:
 
 def eval_spec(cfg: DictConfig | dict[str, Any]) -> EvalSpec | None:
     """`cfg.eval` (a composed node or a plain dict) checked against the schema, then against the rules; None
-    when it evaluates nothing. OmegaConf's errors pass through: unlearn.__main__.config_errors words them."""
+    when it evaluates nothing. OmegaConf's errors pass through: the CLI's config_errors words them."""
     if OmegaConf.is_config(cfg):  # as plain values: `+eval.x=1` added a key the schema must see again
         cfg = OmegaConf.to_container(cfg, resolve=True)
     node = OmegaConf.merge(OmegaConf.structured(_EvalSection), {"eval": cfg}).eval

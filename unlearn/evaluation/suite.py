@@ -25,7 +25,7 @@ from unlearn.errors import UnlearnError
 from unlearn.evaluation import cache, robustness
 from unlearn.evaluation.harness import LM_EVAL_VERSION, check_interfaces, eval_mode, quiet, run_tasks, task_metrics
 from unlearn.evaluation.probes import probe_texts_statistics
-from unlearn.evaluation.spec import EvalSpec, RobustnessSpec
+from unlearn.schema import EvalSpec, RobustnessSpec
 from unlearn.evaluation.tasks import (
     build, check_task_dirs, describe, find_tasks, fingerprint, kind, resolve_path, task_config, task_name,
 )

@@ -149,23 +149,21 @@ class SharedContextLM(HFLM):
         tail = max(row.read for row in batch)  # the LM head's positions, the same last ones in every row
         tokens = torch.zeros(len(batch), width, dtype=torch.long)  # HFLM pads with 0 too; masked out here
         positions = torch.zeros(len(batch), width, dtype=torch.long)
-        allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1)  # a padding query sees itself only
+        segments = torch.full((len(batch), width), -1, dtype=torch.long)  # -1 padding, 0 context, i: i-th choice
         read_rows, read_slots, targets, owners = [], [], [], []
         for b, row in enumerate(batch):
             offset = width - row.length  # left padding
             context = len(row.context)
             tokens[b, offset : offset + context] = torch.tensor(row.context)
             positions[b, offset : offset + context] = torch.arange(context)
-            allowed[b, offset : offset + context, offset : offset + context] = torch.ones(
-                context, context, dtype=torch.bool).tril()
+            segments[b, offset : offset + context] = 0
             start = offset + context
-            for index, continuation in zip(row.requests, row.continuations):
+            for segment, (index, continuation) in enumerate(zip(row.requests, row.continuations), start=1):
                 inputs = continuation[:-1]
                 end = start + len(inputs)
                 tokens[b, start:end] = torch.tensor(inputs, dtype=torch.long)
                 positions[b, start:end] = torch.arange(context, context + len(inputs))
-                allowed[b, start:end, offset : offset + context] = True
-                allowed[b, start:end, start:end] = torch.ones(len(inputs), len(inputs), dtype=torch.bool).tril()
+                segments[b, start:end] = segment
                 # the position before each continuation token, counted in the tail the head runs on
                 slots = [offset + context - 1, *range(start, end)]
                 read_rows += [b] * len(continuation)
@@ -173,7 +171,7 @@ class SharedContextLM(HFLM):
                 targets += continuation
                 owners += [index] * len(continuation)
                 start = end
-        logprobs = self._tail_logprobs(tokens, positions, allowed, tail)  # (B, tail, vocab)
+        logprobs = self._tail_logprobs(tokens, positions, _block_causal(segments), tail)  # (B, tail, vocab)
         device = logprobs.device
         picked = logprobs[torch.tensor(read_rows, device=device), torch.tensor(read_slots, device=device)]  # (read, V)
         target = torch.tensor(targets, device=device)
@@ -196,6 +194,17 @@ class SharedContextLM(HFLM):
             logits = self.model(input_ids=tokens.to(device), attention_mask=mask[:, None], use_cache=False,
                                 position_ids=positions.to(device), **kwargs).logits[:, -tail:]
         return F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+
+
+def _block_causal(segments: torch.Tensor) -> torch.Tensor:
+    """(B, W, W) boolean: query i may attend key j. `segments` (B, W): -1 padding, 0 the context, i >= 1 the i-th
+    continuation. A context position sees the context before it; a continuation position sees the whole context
+    and its own continuation up to itself; a padding position sees itself only. One vectorised expression, not a
+    triangle per row and choice (small tensor operations cost more than their maths on a busy CPU)."""
+    query, key = segments[:, :, None], segments[:, None, :]
+    width = segments.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    return (causal & (query >= 0) & ((key == 0) | (key == query))) | torch.eye(width, dtype=torch.bool)
 
 
 def _accepts(model, argument: str) -> bool:

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from tests.conftest import REPO
+from tests.conftest import REPO, eval_preset
 from tests.test_bad_input import precheck_error
 from tests.test_cli import tiny_args, unlearn
 from tests.test_report import BEFORE, evaluation, make_run
@@ -40,12 +38,6 @@ TEXTS = [json.loads(line)["text"] for line in HELDOUT.read_text().splitlines()][
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def composed_eval(*overrides: str) -> dict:
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    return OmegaConf.to_container(cfg.eval, resolve=True)
-
-
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory) -> EvalSpec:
     """eval=demo_attacks on the fixture questions (6 forget, 8 retain), small relearn budget."""
@@ -54,7 +46,7 @@ def spec(tmp_path_factory) -> EvalSpec:
         shutil.copy(path, folder)
     for path in FIXTURES.glob("*.jsonl"):
         shutil.copy(path, folder)
-    cfg = composed_eval("eval=demo_attacks", "eval.attack.relearn.steps=3", "eval.attack.relearn.max_documents=6",
+    cfg = eval_preset("demo_attacks", "eval.attack.relearn.steps=3", "eval.attack.relearn.max_documents=6",
                         "eval.attack.relearn.max_length=64", "eval.attack.ablate.max_length=64")
     cfg["include_paths"] = [str(folder)]
     return eval_spec(cfg)
@@ -83,12 +75,12 @@ def assert_unchanged(model, saved: dict[str, torch.Tensor], module_types: list[s
 
 
 def test_presets_turn_the_standard_set_on_and_the_defaults_leave_it_off():
-    assert eval_spec(composed_eval("eval=demo")).attacks == ()
-    assert eval_spec(composed_eval("eval=wmdp_mmlu")).attacks == ()
-    attacked = eval_spec(composed_eval("eval=demo_attacks"))
+    assert eval_spec(eval_preset("demo")).attacks == ()
+    assert eval_spec(eval_preset("wmdp_mmlu")).attacks == ()
+    attacked = eval_spec(eval_preset("demo_attacks"))
     assert attacked.attacks == ("relearn", "ablate", "fewshot", "prefix", "latent")
     assert attacked.tasks == ("demo_forget", "demo_retain") and attacked.attack.fewshot.num_fewshot == 5
-    zephyr = eval_spec(composed_eval("eval=wmdp_mmlu_attacks", "eval.attack.ablate.path=/x/bio.jsonl"))
+    zephyr = eval_spec(eval_preset("wmdp_mmlu_attacks", "eval.attack.ablate.path=/x/bio.jsonl"))
     assert (zephyr.attack.relearn.lora_rank, zephyr.attack.relearn.lora_alpha, zephyr.attack.relearn.lr) == (128, 16, 2e-4)
     assert (zephyr.attack.relearn.steps, zephyr.attack.relearn.batch_size, zephyr.attack.relearn.max_documents) == (30, 1, 10)
 
@@ -105,12 +97,12 @@ def test_presets_turn_the_standard_set_on_and_the_defaults_leave_it_off():
 ])
 def test_bad_attack_settings_name_the_key(overrides, expected):
     with pytest.raises(UnlearnError, match=expected):
-        eval_spec(composed_eval("eval=demo_attacks", *overrides))
+        eval_spec(eval_preset("demo_attacks", *overrides))
 
 
 def test_the_zephyr_preset_asks_for_forget_text_to_ablate_on():
     with pytest.raises(UnlearnError, match="eval.attack.ablate.path is required for the ablate attack"):
-        eval_spec(composed_eval("eval=wmdp_mmlu_attacks"))
+        eval_spec(eval_preset("wmdp_mmlu_attacks"))
 
 
 def test_recovered_fraction_by_hand():

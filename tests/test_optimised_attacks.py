@@ -12,10 +12,10 @@ import torch
 
 import json
 
-from tests.conftest import REPO
+from tests.conftest import REPO, eval_preset
 from tests.test_bad_input import precheck_error
 from tests.test_cli import tiny_args, unlearn
-from tests.test_attacks import DEMO_TASKS, FIXTURES, assert_unchanged, composed_eval, snapshot
+from tests.test_attacks import DEMO_TASKS, FIXTURES, assert_unchanged, snapshot
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import eval_spec, heldout, optimised
 from unlearn.evaluation.attack_context import AttackTexts
@@ -35,7 +35,7 @@ def spec(tmp_path_factory) -> EvalSpec:
     folder = tmp_path_factory.mktemp("tasks")
     for path in [*DEMO_TASKS.glob("*yaml"), *DEMO_TASKS.glob("*.py"), *FIXTURES.glob("*.jsonl")]:
         shutil.copy(path, folder)
-    cfg = composed_eval("eval=demo", "eval.attacks=[prefix,latent]", "eval.attack.split.train_questions=3",
+    cfg = eval_preset("demo", "eval.attacks=[prefix,latent]", "eval.attack.split.train_questions=3",
                         "eval.attack.prefix.steps=2", "eval.attack.prefix.search_width=8",
                         "eval.attack.latent.steps=3", "eval.robustness.enabled=false", "eval.probes.enabled=false")
     cfg["include_paths"] = [str(folder)]
@@ -176,7 +176,7 @@ def test_the_base_control_is_cached_by_what_changes_it(spec, tiny, tmp_path):
 ])
 def test_bad_optimised_settings_name_the_key(overrides, expected):
     with pytest.raises(UnlearnError, match=expected):
-        eval_spec(composed_eval("eval=demo_attacks", *overrides))
+        eval_spec(eval_preset("demo_attacks", *overrides))
 
 
 def test_the_split_and_latent_blocks_are_checked_against_the_tasks_and_model(spec):
@@ -204,12 +204,12 @@ def test_a_task_without_choices_is_refused_by_name(spec, tmp_path):
 
 
 def test_the_demo_preset_runs_both_with_controls_and_the_gpu_preset_has_the_published_settings():
-    demo = eval_spec(composed_eval("eval=demo_attacks"))
+    demo = eval_spec(eval_preset("demo_attacks"))
     assert demo.attacks[-2:] == ("prefix", "latent") and demo.attack.prefix.control and demo.attack.latent.control
-    gpu = eval_spec(composed_eval("eval=wmdp_mmlu_attacks", "eval.attack.ablate.path=/x/bio.jsonl"))
+    gpu = eval_spec(eval_preset("wmdp_mmlu_attacks", "eval.attack.ablate.path=/x/bio.jsonl"))
     assert (gpu.attack.prefix.length, gpu.attack.prefix.steps, gpu.attack.prefix.search_width) == (20, 20, 256)
     assert (gpu.attack.latent.steps, gpu.attack.latent.decay) == (64, 0.94)
-    assert eval_spec(composed_eval("eval=demo", "eval.attacks=[relearn]")).attack.split is None
+    assert eval_spec(eval_preset("demo", "eval.attacks=[relearn]")).attack.split is None
 
 
 def test_a_run_with_prefix_and_latent_reports_both_splits_and_the_controls(tmp_path):

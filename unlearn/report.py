@@ -41,7 +41,7 @@ from omegaconf import OmegaConf
 
 from unlearn import rundir
 from unlearn.errors import EXIT_BAD_INPUT, first_line
-from unlearn.methods import PO_METHODS, variant
+from unlearn.methods import PO_METHODS, base_of, variant
 from unlearn.schema import ATTACKS
 
 LOSSES = ("loss", "forget_loss", "retain_loss")
@@ -52,7 +52,7 @@ LOSSES = ("loss", "forget_loss", "retain_loss")
 
 
 def _base(method: dict) -> str | None:
-    return method.get("base", "rmu") if method.get("name") == "rna" else method.get("name")
+    return base_of(method["name"], method.get("base")) if method.get("name") else None
 
 
 def coefficient(config: dict) -> tuple[str | None, Any]:

@@ -62,10 +62,15 @@ class MethodSpec:
         return self.base in PO_METHODS
 
 
+def base_of(name: str, base: str | None = None) -> str:
+    """The method that computes the loss: RNA's `base` (RMU when unset), any other method itself."""
+    return (base or "rmu") if name == "rna" else name
+
+
 def variant(name: str, base: str | None = None, retain_loss: str | None = None) -> str:
     """The method as its runs are compared and named: `rmu`, `adaptive_rmu`, `npo+kl`, `rna/rmu`,
-    `rna/simnpo+mse`. RNA shows its base (`base`, RMU when unset); a PO method its retain term."""
-    base = (base or "rmu") if name == "rna" else name
+    `rna/simnpo+mse`. RNA shows its base; a PO method its retain term."""
+    base = base_of(name, base)
     label = base + (f"+{retain_loss}" if base in PO_METHODS else "")
     return f"rna/{label}" if name == "rna" else label
 
@@ -96,5 +101,5 @@ def _draw_vectors(n_topics: int, hidden_size: int, device, seed: int) -> list[to
 
 __all__ = [
     "BASES", "METHODS", "METHOD_KEYS", "PO_METHODS", "LossParts", "Method", "MethodSpec",
-    "Steering", "build", "control_vector", "variant",
+    "Steering", "base_of", "build", "control_vector", "variant",
 ]

@@ -24,8 +24,8 @@ from torch import nn
 from unlearn.errors import UnlearnError
 from unlearn.evaluation.harness import run_tasks, task_metrics
 from unlearn.evaluation.robustness import weighted_mean
-from unlearn.schema import EvalSpec, SplitSpec
 from unlearn.evaluation.tasks import task_config, task_name
+from unlearn.schema import EvalSpec, SplitSpec
 
 HELDOUT_SUFFIX = "__heldout"
 RETAIN_SUFFIX = "__attacked"

@@ -38,9 +38,8 @@ from unlearn.evaluation.attack_context import AttackContext
 from unlearn.evaluation.choice_loss import Rows, backward_mean_loss, encode, mean_loss
 from unlearn.evaluation.harness import eval_mode
 from unlearn.evaluation.heldout import Split, forget_questions, score_heldout, split_questions
-from unlearn.schema import EvalSpec, LatentSpec, PrefixSpec
 from unlearn.evaluation.tasks import fingerprint
-from unlearn.schema import Scorer
+from unlearn.schema import EvalSpec, LatentSpec, PrefixSpec, Scorer
 
 log = logging.getLogger(__name__)
 

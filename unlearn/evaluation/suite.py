@@ -25,11 +25,10 @@ from unlearn.errors import UnlearnError
 from unlearn.evaluation import cache, robustness
 from unlearn.evaluation.harness import LM_EVAL_VERSION, check_interfaces, eval_mode, quiet, run_tasks, task_metrics
 from unlearn.evaluation.probes import probe_texts_statistics
-from unlearn.schema import EvalSpec, RobustnessSpec
 from unlearn.evaluation.tasks import (
     build, check_task_dirs, describe, find_tasks, fingerprint, kind, resolve_path, task_config, task_name,
 )
-from unlearn.schema import Scorer
+from unlearn.schema import EvalSpec, RobustnessSpec, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,8 @@ def _built_plan(names: tuple[str, ...], robustness_tasks: tuple[str, ...], dirs:
 def _files_stamp(dirs: tuple[Path, ...]) -> tuple:
     files = sorted(path for folder in dirs for path in folder.rglob("*")
                    if path.is_file() and "__pycache__" not in path.parts)
-    return tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files)
+    stats = [path.stat() for path in files]
+    return tuple((str(path), stat.st_size, stat.st_mtime_ns) for path, stat in zip(files, stats))
 
 
 def _each_task_once(leaves: dict[str, list]) -> tuple[str, ...]:

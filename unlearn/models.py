@@ -12,6 +12,7 @@ Three kinds of `name_or_path`:
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 import os
@@ -50,9 +51,8 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False):
         return _tiny_config(name_or_path[len(TINY_PREFIX) :])
     if name_or_path.startswith(EMBEDDED_PREFIX):
         checkpoint = _embedded_checkpoint(name_or_path[len(EMBEDDED_PREFIX) :], convert=False)
-        if checkpoint is None:  # not converted yet: read the config from the GGUF file (seconds, not weights)
-            folder, gguf_file = _smollm2_gguf()
-            return AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+        if checkpoint is None:  # not converted yet: the config read from the GGUF file (seconds, not weights)
+            return copy.deepcopy(_gguf_config())
         return AutoConfig.from_pretrained(checkpoint)
     _check_reachable(name_or_path)
     try:
@@ -160,6 +160,17 @@ def _smollm2_gguf() -> tuple[Path, str]:
     return folder, SMOLLM2_GGUF
 
 
+@functools.cache
+def _gguf_config():
+    """The embedded model's config, read from its GGUF file once per process: each read parses the whole file's
+    metadata (the tokenizer's vocabulary included), a few seconds that the pre-check, the plan and the conversion
+    would otherwise each pay."""
+    from transformers import AutoConfig
+
+    folder, gguf_file = _smollm2_gguf()
+    return AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+
+
 def _embedded_checkpoint(name: str, convert: bool) -> Path | None:
     """The converted checkpoint's directory; converts the GGUF file on first use when `convert`."""
     if name != SMOLLM2:
@@ -184,7 +195,8 @@ def _convert_gguf(target: Path) -> None:
 
     folder, gguf_file = _smollm2_gguf()
     log.info("Converting the embedded %s (once) into %s ...", SMOLLM2, target)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32,
+                                                     config=copy.deepcopy(_gguf_config()))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     config = copy.deepcopy(quantized.config)
     del config.quantization_config  # the weights below are dequantized: a plain float32 model, saveable

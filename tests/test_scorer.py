@@ -137,26 +137,41 @@ def test_requests_past_a_sliding_window_go_to_hflm():
         requests(), disable_tqdm=True))
 
 
-def test_each_distinct_context_goes_through_the_model_once(tiny):
-    """Rows fed to the model: one per distinct context (6 contexts + the empty one), not one per request (32);
-    the LM head runs on the continuations' positions only."""
+def test_each_distinct_prefix_goes_through_the_model_once(tiny):
+    """The sequences HFLM would run (32 requests over 7 contexts, one repeated) share prefixes: a row holds each
+    of its sequences' prefixes once, a context and its continuations stay in one row, no row is wider than the
+    widest context with its continuations, one forward pass takes them all (batch_size=64 rows), and the LM head
+    runs only on the positions read."""
     model, tokenizer = tiny
-    rows, head_positions = [], []
-    hooks = [model.register_forward_pre_hook(lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+    scorer = SharedContextLM(pretrained=model, tokenizer=tokenizer, batch_size=64)
+    seen = []
+    score = scorer._loglikelihood_tokens
+    scorer._loglikelihood_tokens = lambda token_requests, **kwargs: seen.append(token_requests) or score(
+        token_requests, **kwargs)
+    inputs, head_positions = [], []
+    hooks = [model.register_forward_pre_hook(lambda m, args, kwargs: inputs.append(kwargs["input_ids"].shape),
                                              with_kwargs=True),
              model.get_output_embeddings().register_forward_hook(
                  lambda m, args, output: head_positions.append(output.shape[1]))]
     try:
-        SharedContextLM(pretrained=model, tokenizer=tokenizer, batch_size=64).loglikelihood(requests(),
-                                                                                           disable_tqdm=True)
+        scorer.loglikelihood(requests(), disable_tqdm=True)
     finally:
         for hook in hooks:
             hook.remove()
-    assert rows == [7]
-    # the first context's row is the longest: its five choices and the repeated " capsid" (byte tokens: one per
-    # character); the last context position predicts each first token, the rest are the choices' own inputs
-    longest_row_read = 1 + sum(len(choice) - 1 for choice in CHOICES) + len(" capsid") - 1
-    assert head_positions == [longest_row_read]
+    [token_requests] = seen
+    sequence = {index: (context + continuation)[:-1] for index, (_, context, continuation) in enumerate(token_requests)}
+    context = {index: tuple(tokens) for index, (_, tokens, _) in enumerate(token_requests)}
+    widest = max(len(c) + sum(len(sequence[i]) - len(c) for i in sequence if context[i] == c) for c in context.values())
+    rows, _ = scorer._pack(token_requests)
+    row_of = {index: r for r, row in enumerate(rows) for index, _, _ in row.reads}
+    assert sorted(row_of) == list(range(len(token_requests)))
+    for r, row in enumerate(rows):
+        mine = [sequence[i] for i in row_of if row_of[i] == r]
+        assert len(row.tokens) == len({tuple(s[:end]) for s in mine for end in range(1, len(s) + 1)}) <= widest
+    assert len({(context[i], row_of[i]) for i in row_of}) == len(set(context.values()))
+    assert sum(len(row.tokens) for row in rows) < sum(map(len, sequence.values()))
+    assert inputs == [(len(rows), max(len(row.tokens) for row in rows))]
+    assert head_positions == [max(len(row.read_nodes) for row in rows)]
 
 
 def test_registered_with_lm_eval():

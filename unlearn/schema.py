@@ -57,7 +57,7 @@ class Optimizer(Choice):
 class Scorer(Choice):
     """How lm-eval's log-likelihood requests are computed (unlearn.evaluation.scorer)."""
 
-    shared_context = "shared_context"  # each distinct context run once, LM head only where read; HFLM's numbers
+    shared_context = "shared_context"  # each distinct prefix run once, LM head only where read; HFLM's numbers
     hflm = "hflm"  # lm-eval's HFLM itself, one sequence per request: the reference
 
 

@@ -1,19 +1,21 @@
-"""An lm-eval model that runs each distinct context once: HFLM's numbers at a fraction of its cost.
+"""An lm-eval model that runs each distinct prefix once: HFLM's numbers at a fraction of its cost.
 
 A multiple-choice task in cloze format sends lm-eval one log-likelihood request per choice, and HFLM runs each
 as its own sequence: a 15-token question with four 3-token answers goes through the model four times, and the LM
 head is applied at every position although only the answer positions are read. `SharedContextLM` is HFLM with
 one method replaced, `_loglikelihood_tokens` (the token-level hook of lm-eval's `TemplateLM`), so tokenization,
 BOS handling, the split of a continuation that starts mid-word, the model's window and generation all stay
-HFLM's own. It then packs each context and all its continuations into one row,
+HFLM's own. It then puts the sequences HFLM would run (context and continuation, left-truncated to the window,
+without the last token) into a prefix tree and runs each node once: the four choices of a question share its
+context, the keyword-perturbed copies of a question share the words before the keyword, the questions of a
+few-shot task share their examples.
 
-    context c0 c1 c2 c3 | choice A a0 a1 | choice B b0 | choice C c0' c1' c2'     (each choice without its last token)
-
-with a block-causal attention mask (a choice sees the context and itself, never another choice) and position ids
-that restart after the context for each choice, so every choice is computed exactly as in its own sequence. The
-last context position predicts every choice's first token; the LM head runs only on the row's tail (the last
-context position and the choices), which left padding lines up across the rows of a batch. A batch holds
-`batch_size` rows, i.e. `batch_size` distinct contexts (HFLM: `batch_size` requests).
+A row of a batch holds a subtree: its nodes in any order, each attending to itself and its ancestors only (a
+tree attention mask), with its depth as its position id, so every node is computed exactly as in its own
+sequence. The nodes whose next-token log-probabilities are read (the last context token and the continuation's
+inputs) come last in their row and left padding lines them up across the batch, so the LM head runs on that tail
+only. A row holds at most as many nodes as the widest context with all its continuations (the model's window at
+most), so that a question's choices are never split from their context; a batch holds `batch_size` rows.
 
 Exactness: per-request log-likelihoods agree with HFLM's to float rounding (tests/test_scorer.py: within 1e-4 in
 float32 on CPU, identical accuracies). What it cannot reproduce exactly it hands to HFLM's own code, with one
@@ -42,25 +44,32 @@ MASKABLE_ATTENTION = ("eager", "sdpa")  # implementations that apply a custom 4D
 
 @dataclass
 class _Row:
-    """One context and the continuations scored after it, packed into one sequence."""
+    """A subtree of the prefix tree: nodes in the order they were added (a parent before its children), and what
+    is read where."""
 
-    context: tuple[int, ...]
-    requests: list[int] = field(default_factory=list)  # indices into the request list
-    continuations: list[list[int]] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)  # index of the parent node in this row; -1 for a root
+    depths: list[int] = field(default_factory=list)  # the node's position in its sequence
+    reads: list[tuple[int, int, int]] = field(default_factory=list)  # (request index, node, target token)
+
+    def add(self, sequence: tuple[int, ...], shared: int, path: list[int]) -> None:
+        """Add `sequence`, whose first `shared` tokens are `path`'s nodes (the previous sequence's, in sorted
+        order); `path` becomes this sequence's nodes."""
+        del path[shared:]
+        for depth in range(shared, len(sequence)):
+            self.parents.append(path[-1] if path else -1)
+            self.tokens.append(sequence[depth])
+            self.depths.append(depth)
+            path.append(len(self.tokens) - 1)
 
     @property
-    def length(self) -> int:
-        return len(self.context) + sum(len(tokens) - 1 for tokens in self.continuations)
-
-    @property
-    def read(self) -> int:
-        """Positions whose log-probabilities are read: the last context one and every continuation input."""
-        return self.length - len(self.context) + 1
+    def read_nodes(self) -> set[int]:
+        return {node for _, node, _ in self.reads}
 
 
 @register_model(NAME)
 class SharedContextLM(HFLM):
-    """HFLM whose log-likelihood requests run each distinct context once (module docstring)."""
+    """HFLM whose log-likelihood requests run each distinct prefix once (module docstring)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -105,73 +114,79 @@ class SharedContextLM(HFLM):
             log.info("%d requests longer than the sliding attention window: scored by lm-eval's HFLM", len(too_long))
             for index, answer in zip(too_long, super()._loglikelihood_tokens([requests[i] for i in too_long])):
                 results[index] = answer
-        rows.sort(key=lambda row: (-row.length, row.context))  # little padding; the longest (most memory) first
+        rows.sort(key=lambda row: -len(row.tokens))  # little padding; the widest (most memory) first
         with tqdm(total=len(requests) - len(too_long), disable=disable_tqdm or self.rank != 0,
-                  desc="Running loglikelihood requests (shared contexts)") as bar:
+                  desc="Running loglikelihood requests (shared prefixes)") as bar:
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
-                for index, answer in self._score(batch):
+                answers = self._score(batch)
+                for index, answer in answers:
                     results[index] = answer
                     self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
-                bar.update(sum(len(row.requests) for row in batch))
+                bar.update(len(answers))
         return results
 
     def _pack(self, requests) -> tuple[list[_Row], list[int]]:
-        """Requests grouped by their context as HFLM would feed it (left-truncated to the window with the
-        continuation), each group cut into rows of at most `max_length` tokens; and the requests a sliding
-        attention window would reach, for HFLM."""
+        """The sequences HFLM would run (left-truncated to the window with the continuation, without the last
+        token), sorted so that shared prefixes are neighbours, cut into rows no wider than the widest context
+        with all its continuations (or the model's window); and the requests a sliding attention window would
+        reach, for HFLM."""
         window = getattr(self.model.config, "sliding_window", None)
-        by_context: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        too_long = []
+        sequences, too_long = [], []
         for index, (_, context, continuation) in enumerate(requests):
             assert context and continuation and len(continuation) <= self.max_length  # as HFLM asserts
             whole = (context + continuation)[-(self.max_length + 1) :]  # HFLM's left truncation
             if window and len(whole) - 1 > window:
                 too_long.append(index)
             else:
-                by_context[tuple(whole[: len(whole) - len(continuation)])].append(index)
+                sequences.append((tuple(whole[:-1]), len(whole) - len(continuation), index))
+        sequences.sort()
+        contexts: dict[tuple[int, ...], int] = defaultdict(int)  # each context's tokens and its continuations'
+        for sequence, context_length, _ in sequences:
+            contexts[sequence[:context_length]] += len(sequence) - context_length
+        budget = min(self.max_length, max((len(c) + n for c, n in contexts.items()), default=0))
         rows = []
-        for context, indices in by_context.items():
-            row = _Row(context)
-            for index in indices:
-                continuation = requests[index][2]
-                if row.requests and row.length + len(continuation) - 1 > self.max_length:
-                    rows.append(row)
-                    row = _Row(context)
-                row.requests.append(index)
-                row.continuations.append(continuation)
+        for group in _subtrees(sequences, budget):
+            row, path, previous = _Row(), [], ()
+            for sequence, context_length, index in group:
+                row.add(sequence, _common_prefix(previous, sequence), path)
+                # the node before each continuation token: the last context node, then the continuation's inputs
+                row.reads += [(index, path[context_length - 1 + j], token)
+                              for j, token in enumerate(requests[index][2])]
+                previous = sequence
             rows.append(row)
         return rows, too_long
 
     def _score(self, batch: list[_Row]) -> list[tuple[int, tuple[float, bool]]]:
         """One forward pass over `batch`: (request index, (log-likelihood, greedy)) for each of its requests."""
-        width = max(row.length for row in batch)
-        tail = max(row.read for row in batch)  # the LM head's positions, the same last ones in every row
+        width = max(len(row.tokens) for row in batch)
+        tail = max(len(row.read_nodes) for row in batch)  # the LM head's positions, the last ones of every row
         tokens = torch.zeros(len(batch), width, dtype=torch.long)  # HFLM pads with 0 too; masked out here
         positions = torch.zeros(len(batch), width, dtype=torch.long)
-        segments = torch.full((len(batch), width), -1, dtype=torch.long)  # -1 padding, 0 context, i: i-th choice
+        allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1)  # padding sees itself only
+        mask_rows, mask_queries, mask_keys = [], [], []
         read_rows, read_slots, targets, owners = [], [], [], []
         for b, row in enumerate(batch):
-            offset = width - row.length  # left padding
-            context = len(row.context)
-            tokens[b, offset : offset + context] = torch.tensor(row.context)
-            positions[b, offset : offset + context] = torch.arange(context)
-            segments[b, offset : offset + context] = 0
-            start = offset + context
-            for segment, (index, continuation) in enumerate(zip(row.requests, row.continuations), start=1):
-                inputs = continuation[:-1]
-                end = start + len(inputs)
-                tokens[b, start:end] = torch.tensor(inputs, dtype=torch.long)
-                positions[b, start:end] = torch.arange(context, context + len(inputs))
-                segments[b, start:end] = segment
-                # the position before each continuation token, counted in the tail the head runs on
-                slots = [offset + context - 1, *range(start, end)]
-                read_rows += [b] * len(continuation)
-                read_slots += [slot - (width - tail) for slot in slots]
-                targets += continuation
-                owners += [index] * len(continuation)
-                start = end
-        logprobs = self._tail_logprobs(tokens, positions, _block_causal(segments), tail)  # (B, tail, vocab)
+            read = row.read_nodes
+            order = [n for n in range(len(row.tokens)) if n not in read] + sorted(read)  # read nodes last
+            slot = [0] * len(order)
+            for position, node in enumerate(order, start=width - len(order)):  # left padding
+                slot[node] = position
+            tokens[b, slot] = torch.tensor(row.tokens)
+            positions[b, slot] = torch.tensor(row.depths)
+            ancestors: list[list[int]] = []  # slots of each node's ancestors and itself
+            for node, parent in enumerate(row.parents):
+                ancestors.append((ancestors[parent] if parent >= 0 else []) + [slot[node]])
+                mask_rows += [b] * len(ancestors[-1])
+                mask_queries += [slot[node]] * len(ancestors[-1])
+                mask_keys += ancestors[-1]
+            for index, node, target in row.reads:
+                read_rows.append(b)
+                read_slots.append(slot[node] - (width - tail))
+                targets.append(target)
+                owners.append(index)
+        allowed[mask_rows, mask_queries, mask_keys] = True
+        logprobs = self._tail_logprobs(tokens, positions, allowed, tail)  # (B, tail, vocab)
         device = logprobs.device
         picked = logprobs[torch.tensor(read_rows, device=device), torch.tensor(read_slots, device=device)]  # (read, V)
         target = torch.tensor(targets, device=device)
@@ -196,15 +211,44 @@ class SharedContextLM(HFLM):
         return F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
 
 
-def _block_causal(segments: torch.Tensor) -> torch.Tensor:
-    """(B, W, W) boolean: query i may attend key j. `segments` (B, W): -1 padding, 0 the context, i >= 1 the i-th
-    continuation. A context position sees the context before it; a continuation position sees the whole context
-    and its own continuation up to itself; a padding position sees itself only. One vectorised expression, not a
-    triangle per row and choice (small tensor operations cost more than their maths on a busy CPU)."""
-    query, key = segments[:, :, None], segments[:, None, :]
-    width = segments.shape[1]
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    return (causal & (query >= 0) & ((key == 0) | (key == query))) | torch.eye(width, dtype=torch.bool)
+def _subtrees(items: list, budget: int) -> list[list]:
+    """`items` (sorted by their first field, a token sequence) cut into runs whose prefix trees have at most
+    `budget` nodes: whole subtrees of the tree of all of them where they fit, neighbours sharing a run while they
+    fit; a subtree too large for one run is split among its children, whose runs repeat the path to it."""
+    def size(run: list) -> int:
+        return len(run[0][0]) + sum(len(b[0]) - _common_prefix(a[0], b[0]) for a, b in zip(run, run[1:]))
+
+    runs: list[list] = []
+    sizes: list[int] = []
+    pending = [items] if items else []  # subtrees still to place, the next one last
+    while pending:
+        run = pending.pop()
+        if size(run) > budget and len(run) > 1:
+            depth = _common_prefix(run[0][0], run[-1][0])  # what every item of the run shares (sorted)
+            children: list[list] = []
+            for item in run:  # runs by the token after the shared prefix (an item that ends there: its own)
+                if children and children[-1][0][0][depth : depth + 1] == item[0][depth : depth + 1]:
+                    children[-1].append(item)
+                else:
+                    children.append([item])
+            pending += reversed(children)
+            continue
+        grown = sizes[-1] + size(run) - _common_prefix(runs[-1][-1][0], run[0][0]) if runs else budget + 1
+        if grown <= budget:
+            runs[-1] += run
+            sizes[-1] = grown
+        else:
+            runs.append(list(run))
+            sizes.append(size(run))
+    return runs
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """The length of the longest common prefix of `a` and `b`."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
 
 
 def _accepts(model, argument: str) -> bool:

@@ -66,6 +66,18 @@ class _Row:
     def read_nodes(self) -> set[int]:
         return {node for _, node, _ in self.reads}
 
+    def ancestry(self) -> torch.Tensor:
+        """(nodes, nodes) boolean: [i, j] when node j is node i or one of its ancestors. The nodes were added in
+        the sorted order of their sequences, so a node's subtree is the run of nodes from it to its last
+        descendant: j is an ancestor of i when j <= i < j + the size of j's subtree."""
+        sizes = [1] * len(self.tokens)
+        for node in range(len(self.tokens) - 1, -1, -1):
+            if self.parents[node] >= 0:
+                sizes[self.parents[node]] += sizes[node]
+        nodes = torch.arange(len(self.tokens))
+        ends = nodes + torch.tensor(sizes)
+        return (nodes[None, :] <= nodes[:, None]) & (nodes[:, None] < ends[None, :])
+
 
 @register_model(NAME)
 class SharedContextLM(HFLM):
@@ -164,28 +176,20 @@ class SharedContextLM(HFLM):
         tokens = torch.zeros(len(batch), width, dtype=torch.long)  # HFLM pads with 0 too; masked out here
         positions = torch.zeros(len(batch), width, dtype=torch.long)
         allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1)  # padding sees itself only
-        mask_rows, mask_queries, mask_keys = [], [], []
         read_rows, read_slots, targets, owners = [], [], [], []
         for b, row in enumerate(batch):
             read = row.read_nodes
             order = [n for n in range(len(row.tokens)) if n not in read] + sorted(read)  # read nodes last
-            slot = [0] * len(order)
-            for position, node in enumerate(order, start=width - len(order)):  # left padding
-                slot[node] = position
-            tokens[b, slot] = torch.tensor(row.tokens)
-            positions[b, slot] = torch.tensor(row.depths)
-            ancestors: list[list[int]] = []  # slots of each node's ancestors and itself
-            for node, parent in enumerate(row.parents):
-                ancestors.append((ancestors[parent] if parent >= 0 else []) + [slot[node]])
-                mask_rows += [b] * len(ancestors[-1])
-                mask_queries += [slot[node]] * len(ancestors[-1])
-                mask_keys += ancestors[-1]
+            slots = torch.empty(len(order), dtype=torch.long)
+            slots[order] = torch.arange(width - len(order), width)  # left padding
+            tokens[b, slots] = torch.tensor(row.tokens)
+            positions[b, slots] = torch.tensor(row.depths)
+            allowed[b, slots[:, None], slots[None, :]] = row.ancestry()
             for index, node, target in row.reads:
                 read_rows.append(b)
-                read_slots.append(slot[node] - (width - tail))
+                read_slots.append(int(slots[node]) - (width - tail))
                 targets.append(target)
                 owners.append(index)
-        allowed[mask_rows, mask_queries, mask_keys] = True
         logprobs = self._tail_logprobs(tokens, positions, allowed, tail)  # (B, tail, vocab)
         device = logprobs.device
         picked = logprobs[torch.tensor(read_rows, device=device), torch.tensor(read_slots, device=device)]  # (read, V)

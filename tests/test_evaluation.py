@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from unlearn.cli import config_errors
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import check_tasks, eval_spec, evaluate, format_table, suite
-from unlearn.evaluation.probes import probe_texts_statistics
+from unlearn.evaluation.probes import probe_statistics, probe_sums
 from unlearn.evaluation.robustness import insert_keyword, perturbed_task_config
 from unlearn.evaluation.tasks import build, find_tasks, task_config
 from unlearn.models import load_model
@@ -265,8 +265,8 @@ def test_probes_match_a_direct_computation(tiny):
         "retain": ["Paris is the capital of France, on the Seine."],
     }
     u = {"virology": F.normalize(torch.randn(64, generator=torch.Generator().manual_seed(0)), dim=0)}
-    got = probe_texts_statistics(model, tokenizer, texts, unlearn_layer=layer, control_vectors=u,
-                                 max_documents=10, max_length=64, batch_size=2)
+    sums = probe_sums(model, tokenizer, texts, unlearn_layer=layer, max_documents=10, max_length=64, batch_size=2)
+    got = probe_statistics(json.loads(json.dumps(sums)), unlearn_layer=layer, control_vectors=u)  # as cached
 
     for name, documents in texts.items():
         norms, cosines, confidences = [], [], []
@@ -299,6 +299,31 @@ def test_probes_run_inside_evaluate(tiny, task_dir):
 
 # ---------------------------------------------------------------------------------------------------------
 # Before-cache
+
+
+def test_the_base_models_probe_sums_are_cached_and_serve_any_control_vector(tiny, task_dir, tmp_path, monkeypatch):
+    """The probes' model work for the base model is done once; another run's control vector (another seed) gets
+    its cosines from the same sums, equal to a fresh computation; the trained model (no cache key) is always
+    probed."""
+    calls = []
+    real = suite.probe_sums
+    monkeypatch.setattr(suite, "probe_sums", lambda *a, **k: calls.append(1) or real(*a, **k))
+    spec = eval_spec(demo_config(task_dir, tasks=[], forget_tasks=[], retain_tasks=[], robustness__enabled=False))
+    texts = {"forget": ["A virus is a tiny infectious agent.", "Phages infect bacteria."], "retain": ["Paris."]}
+    probes = {}
+    for seed in (0, 1):
+        u = {"virology": F.normalize(torch.randn(64, generator=torch.Generator().manual_seed(seed)), dim=0)}
+        probes[seed] = evaluate(*tiny, spec, unlearn_layer=3, control_vectors=u, keywords={}, probe_texts=texts,
+                                cache_key="tiny://llama", cache_dir=tmp_path)["probes"]
+        fresh = evaluate(*tiny, spec, unlearn_layer=3, control_vectors=u, keywords={}, probe_texts=texts)["probes"]
+        assert probes[seed] == fresh  # JSON keeps a float exactly
+    assert len(calls) == 3  # the base model once, the uncached evaluation twice
+    assert probes[0]["forget"]["cosine"] != probes[1]["forget"]["cosine"]
+    assert probes[0]["forget"]["mean_norm"] == probes[1]["forget"]["mean_norm"]
+    evaluate(*tiny, spec, unlearn_layer=4, control_vectors={}, keywords={}, probe_texts=texts,
+             cache_key="tiny://llama", cache_dir=tmp_path)  # another layer: probed again
+    assert len(calls) == 4
+
 
 
 def test_base_model_results_are_cached(tiny, task_dir, tmp_path, monkeypatch):

@@ -22,65 +22,62 @@ from torch import nn
 from unlearn.blocks import capture_block_outputs
 
 
-def probe_texts_statistics(
+def probe_sums(
     model: nn.Module,
     tokenizer,
     texts: dict[str, list[str]],
     *,
     unlearn_layer: int,
-    control_vectors: dict[str, torch.Tensor],
     max_documents: int,
     max_length: int,
     batch_size: int,
-) -> dict[str, Any]:
-    """`{"layer": l, "<set>": statistics}` for each text set (e.g. forget, retain); see `text_statistics`."""
+) -> dict[str, dict[str, Any]]:
+    """The model's work for the probes, JSON-serialisable (the base model's is cached): for each text set, over
+    every kept position of its first `max_documents` documents, the number of documents and tokens and the sums
+    of |h_l|, of the confidence and of the unit vectors h_l/|h_l| (whose dot product with a unit u, over the
+    tokens, is the mean cosine: the sums serve any control vector)."""
+    return {name: _text_sums(model, tokenizer, documents[:max_documents], unlearn_layer=unlearn_layer,
+                             max_length=max_length, batch_size=batch_size)
+            for name, documents in texts.items()}
+
+
+def probe_statistics(sums: dict[str, dict[str, Any]], *, unlearn_layer: int,
+                     control_vectors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """`{"layer": l, "<set>": statistics}` for each text set of `probe_sums`: documents, tokens, mean_norm,
+    cosine (per topic), confidence; the means token-weighted, None without tokens."""
     results: dict[str, Any] = {"layer": unlearn_layer}
-    for name, documents in texts.items():
-        results[name] = text_statistics(
-            model, tokenizer, documents[:max_documents], unlearn_layer=unlearn_layer,
-            control_vectors=control_vectors, max_length=max_length, batch_size=batch_size,
-        )
+    for name, total in sums.items():
+        tokens = total["tokens"]
+
+        def mean(value: float) -> float | None:
+            return value / tokens if tokens else None
+
+        direction = torch.tensor(total["direction"], dtype=torch.float64)
+        cosines = {topic: mean(float(direction @ F.normalize(u.double().flatten(), dim=0))) if tokens else None
+                   for topic, u in control_vectors.items()}
+        results[name] = {"documents": total["documents"], "tokens": tokens, "mean_norm": mean(total["norm"]),
+                         "cosine": cosines, "confidence": mean(total["confidence"])}
     return results
 
 
 @torch.no_grad()
-def text_statistics(
-    model: nn.Module,
-    tokenizer,
-    documents: list[str],
-    *,
-    unlearn_layer: int,
-    control_vectors: dict[str, torch.Tensor],
-    max_length: int,
-    batch_size: int,
-) -> dict[str, Any]:
-    """Token-weighted means over every kept position of every document: norm, cosine per topic, confidence."""
-    totals = {"norm": 0.0, "confidence": 0.0, "tokens": 0}
-    cosines = {topic: 0.0 for topic in control_vectors}
+def _text_sums(model: nn.Module, tokenizer, documents: list[str], *, unlearn_layer: int, max_length: int,
+               batch_size: int) -> dict[str, Any]:
+    norm = confidence = 0.0
+    tokens = 0
+    direction = None
     for start in range(0, len(documents), batch_size):
         batch = _tokenize(tokenizer, documents[start : start + batch_size], max_length, _input_device(model))
         hidden, logits = _forward_with_hidden(model, batch, unlearn_layer)
         keep = batch["keep"]  # (B, T) bool
         h = hidden.float()[keep.to(hidden.device)]  # (N, d)
-        confidence = logits.float().softmax(dim=-1).amax(dim=-1)  # (B, T)
-        totals["norm"] += h.norm(dim=-1).sum().item()
-        totals["confidence"] += confidence[keep.to(confidence.device)].sum().item()
-        totals["tokens"] += int(keep.sum())
-        for topic, u in control_vectors.items():
-            u = u.to(device=h.device, dtype=torch.float32)
-            cosines[topic] += F.cosine_similarity(h, u.expand_as(h), dim=-1).sum().item()
-    tokens = totals["tokens"]
-
-    def mean(total: float) -> float | None:
-        return total / tokens if tokens else None
-
-    return {
-        "documents": len(documents),
-        "tokens": tokens,
-        "mean_norm": mean(totals["norm"]),
-        "cosine": {topic: mean(value) for topic, value in cosines.items()},
-        "confidence": mean(totals["confidence"]),
-    }
+        norm += h.norm(dim=-1).sum().item()
+        confidence += logits.float().softmax(dim=-1).amax(dim=-1)[keep.to(logits.device)].sum().item()
+        tokens += int(keep.sum())
+        units = F.normalize(h.double(), dim=-1).sum(dim=0)
+        direction = units if direction is None else direction + units
+    return {"documents": len(documents), "tokens": tokens, "norm": norm, "confidence": confidence,
+            "direction": direction.cpu().tolist() if direction is not None else []}
 
 
 def _tokenize(tokenizer, documents: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -11,6 +11,8 @@ each run draws, so they are never cached.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from unlearn.accuracy import domain_accuracies
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import cache, robustness
 from unlearn.evaluation.harness import LM_EVAL_VERSION, check_interfaces, eval_mode, quiet, run_tasks, task_metrics
-from unlearn.evaluation.probes import probe_texts_statistics
+from unlearn.evaluation.probes import probe_statistics, probe_sums
 from unlearn.evaluation.tasks import (
     build, check_task_dirs, describe, find_tasks, fingerprint, kind, resolve_path, task_config, task_name,
 )
@@ -157,7 +159,8 @@ def evaluate(
     }
     results.update(_lm_eval_part(model, tokenizer, spec, keywords, cache_key, cache_dir))
     results.update(domain_accuracies(results))  # stored, so that readers never recompute them
-    results["probes"] = _probes(model, tokenizer, spec, probe_texts, unlearn_layer, control_vectors)
+    results["probes"] = _probes(model, tokenizer, spec, probe_texts, unlearn_layer, control_vectors, cache_key,
+                                cache_dir)
     return results
 
 
@@ -303,12 +306,30 @@ def _robustness_summary(raw, spec: EvalSpec, perturbed_names, keyword_topics) ->
 # Probes (never cached: they depend on this run's control vectors)
 
 
-def _probes(model, tokenizer, spec: EvalSpec, probe_texts, unlearn_layer, control_vectors) -> dict | None:
+def _probes(model, tokenizer, spec: EvalSpec, probe_texts, unlearn_layer, control_vectors, cache_key,
+            cache_dir) -> dict | None:
+    """The probes' statistics; the base model's sums (which serve any control vector) are cached like its lm-eval
+    results."""
     if not spec.probes.enabled or not probe_texts:
         return None
     settings = spec.probes
-    with eval_mode(model):
-        return probe_texts_statistics(
-            model, tokenizer, probe_texts, unlearn_layer=unlearn_layer, control_vectors=control_vectors,
-            max_documents=settings.max_documents, max_length=settings.max_length, batch_size=settings.batch_size,
-        )
+    key = path = None
+    if cache_key is not None:
+        weight = next(model.parameters())
+        key = {"probes_of": cache_key, "dtype": str(weight.dtype).removeprefix("torch."),
+               "device_type": weight.device.type, "layer": unlearn_layer, "max_documents": settings.max_documents,
+               "max_length": settings.max_length, "batch_size": settings.batch_size,
+               "texts": hashlib.sha256(json.dumps(probe_texts, sort_keys=True).encode()).hexdigest(),
+               "versions": cache.versions()}
+        path = cache.cache_file(cache_dir, key)
+    sums = cache.read(path, key) if path is not None else None
+    if sums is not None:
+        log.info("probe sums of the base model read from %s", path)
+    else:
+        with eval_mode(model):
+            sums = probe_sums(model, tokenizer, probe_texts, unlearn_layer=unlearn_layer,
+                              max_documents=settings.max_documents, max_length=settings.max_length,
+                              batch_size=settings.batch_size)
+        if path is not None:
+            cache.write(path, key, sums)
+    return probe_statistics(sums, unlearn_layer=unlearn_layer, control_vectors=control_vectors)

@@ -7,9 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch

@@ -4,11 +4,9 @@ must never serve the numbers of other weights."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from tests.test_cli import only_run_dir, unlearn

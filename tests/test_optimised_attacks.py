@@ -233,7 +233,7 @@ def test_a_run_with_prefix_and_latent_reports_both_splits_and_the_controls(tmp_p
         assert entry["recovered_fraction"] == recovered_fraction(held["base_forget_acc_clean"],
                                                                  held["forget_acc_unlearned"], held["forget_acc_attacked"])
         assert held["base_forget_acc_attacked"] is not None and entry["losses"] and entry["control"]["losses"]
-    assert f"prefix: held-out forget, unlearned" in done.stdout and "(4 questions fitted on, 146 held out)" in done.stdout
+    assert "prefix: held-out forget, unlearned" in done.stdout and "(4 questions fitted on, 146 held out)" in done.stdout
     out = tmp_path / "report"
     assert report.main([str(tmp_path / "out"), "--output-dir", str(out)]) == 0
     markdown = (out / "report.md").read_text()

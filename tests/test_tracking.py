@@ -40,7 +40,9 @@ def wandb_records(run_dir: Path, timeout_s: float = 30.0) -> list:
 
 def read_wandb_file(run_dir: Path) -> list:
     """A LevelDB-style log (32 KiB blocks, 7-byte chunk headers) of W&B's `Record` protobufs, after a 7-byte
-    file header (":W&B", magic, version)."""
+    file header (":W&B", magic, version). Read here because wandb (0.31) ships no Python reader of it (its writer
+    and reader are in the `wandb-core` binary) and an offline run writes nothing else that holds the logged
+    values (no config.yaml, no wandb-summary.json); the records themselves are decoded by wandb's own protobuf."""
     from wandb.proto import wandb_internal_pb2
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")

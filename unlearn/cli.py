@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from unlearn import schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
 from unlearn import slurm, sweep  # sweep also registers the resolver that names a multirun's run directories
-from unlearn.errors import EXIT_BAD_INPUT, UnlearnError
+from unlearn.errors import EXIT_BAD_INPUT, UnlearnError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -391,14 +391,14 @@ def config_errors():
     try:
         yield
     except (HydraException, OmegaConfBaseException) as exc:
-        raise UnlearnError(_first_line(exc)) from None
+        raise UnlearnError(_config_error(exc)) from None
 
 
 LIST_KEYS = "python -m unlearn --cfg job lists every key with its value"
 EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
-def _first_line(exc: Exception) -> str:
+def _config_error(exc: Exception) -> str:
     """One line: OmegaConf's schema errors (here or as the cause of Hydra's) name the key, what was given, what
     is expected and where to list the keys; any other error keeps its own first lines."""
     from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
@@ -411,8 +411,7 @@ def _first_line(exc: Exception) -> str:
         return _unknown_key(key, getattr(cause, "object_type", None))
     if key and isinstance(cause, ValidationError):
         return _wrong_type(cause)
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = " ".join(lines[:2]) if lines else type(exc).__name__
+    text = one_line(exc, lines=2)
     if "not in struct" in text or "Could not override" in text:
         text += f" (check the key's spelling; {LIST_KEYS})"
     return text

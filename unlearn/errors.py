@@ -13,5 +13,11 @@ class UnlearnError(Exception):
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (library errors often run to a page), or its type's name."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return one_line(exc, lines=1)
+
+
+def one_line(exc: BaseException, lines: int | None = None) -> str:
+    """An exception's message on one line: its non-empty lines (the first `lines` of them) joined by spaces, for
+    errors that spread what, where and why over several lines (YAML's); or its type's name."""
+    text = " ".join([line.strip() for line in str(exc).splitlines() if line.strip()][:lines])
+    return text or type(exc).__name__

@@ -17,9 +17,8 @@ import torch
 from omegaconf import DictConfig
 
 from unlearn import rundir
-from unlearn.corpora import describe
+from unlearn.corpora import describe, resolve_path
 from unlearn.errors import UnlearnError
-from unlearn.evaluation.tasks import resolve_path
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,12 @@ from lm_eval.tasks import TaskManager
 from torch import nn
 
 from unlearn.accuracy import domain_accuracies
+from unlearn.corpora import describe, resolve_path
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import cache, robustness
 from unlearn.evaluation.harness import LM_EVAL_VERSION, check_interfaces, eval_mode, quiet, run_tasks, task_metrics
 from unlearn.evaluation.probes import probe_statistics, probe_sums
-from unlearn.evaluation.tasks import (
-    build, check_task_dirs, describe, find_tasks, fingerprint, kind, resolve_path, task_config, task_name,
-)
+from unlearn.evaluation.tasks import build, check_task_dirs, find_tasks, fingerprint, kind, task_config, task_name
 from unlearn.schema import EvalSpec, RobustnessSpec, Scorer
 
 log = logging.getLogger(__name__)

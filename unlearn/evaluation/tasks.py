@@ -28,7 +28,7 @@ from lm_eval.tasks import TaskManager
 
 from unlearn import corpora
 from unlearn.corpora import describe
-from unlearn.errors import UnlearnError, first_line
+from unlearn.errors import UnlearnError, first_line, one_line
 
 LOCAL_BUILDERS = {"json": (".json", ".jsonl"), "csv": (".csv",), "parquet": (".parquet",), "text": (),
                   "arrow": (".arrow",)}  # datasets' file builders, with the file kinds each reads
@@ -36,11 +36,6 @@ WHAT_INSTEAD = (
     "run eval=demo (bundled local tasks), point eval.include_paths at a directory of task YAMLs with local "
     "data, or unset HF_DATASETS_OFFLINE and HF_HUB_OFFLINE on a machine with network access to download it once"
 )
-
-
-def resolve_path(path: str) -> Path:
-    """An absolute path; `pkg://unlearn/x` is a path inside the installed package."""
-    return corpora.resolve_path(path).resolve()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -52,7 +47,7 @@ def check_task_dirs(include_paths: tuple[str, ...]) -> tuple[Path, ...]:
     data files are there."""
     dirs = []
     for given in include_paths:
-        folder = resolve_path(given)
+        folder = corpora.resolve_path(given).resolve()  # absolute: lm-eval resolves include paths itself
         if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
             raise UnlearnError(f"eval.include_paths: found {describe(folder)} at {given}, expected a directory "
                                "of lm-eval task YAML files (*.yaml)")
@@ -78,7 +73,7 @@ def _task_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UnlearnError(f"task file {path} is not valid lm-eval task YAML: {_one_line(exc)}") from None
+        raise UnlearnError(f"task file {path} is not valid lm-eval task YAML: {one_line(exc)[:300]}") from None
     if not isinstance(cfg, dict):
         raise UnlearnError(f"task file {path} is not valid lm-eval task YAML: it holds a "
                            f"{type(cfg).__name__}, expected a mapping of task settings")
@@ -192,9 +187,3 @@ def fingerprint(tasks: list) -> str:
         for doc in task.eval_docs:
             digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
     return digest.hexdigest()
-
-
-def _one_line(exc: Exception) -> str:
-    """A YAML error spreads over several lines (what, where, why): join them."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text[:300] or type(exc).__name__

@@ -6,6 +6,7 @@ import atexit
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -60,3 +61,16 @@ def eval_preset(name: str, *overrides: str) -> dict:
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"eval={name}", *overrides])
     return OmegaConf.to_container(cfg.eval, resolve=True)
+
+
+def one_line_error(monkeypatch, capsys, main, argv: list[str], out: Path) -> str:
+    """Run a command-line `main` in-process with `argv`; the error must come from its pre-check: exit 2, one
+    line starting "error: ", nothing written under `out`. Returns the line."""
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert not out.exists() or not any(out.rglob("*"))
+    return err[0]

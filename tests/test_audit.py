@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import REPO
+from tests.conftest import REPO, one_line_error
 from tests.test_cli import tiny_args, unlearn
 from unlearn import exclusions, influence
 from unlearn.corpora import Topic
@@ -246,14 +246,7 @@ def audit_precheck_error(monkeypatch, capsys, out: Path, *args: str) -> str:
     """The audit CLI in-process; the error must come from its pre-check (exit 2, one line, nothing written)."""
     from unlearn.audit import main
 
-    monkeypatch.setattr(sys, "argv", ["unlearn.audit", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert not out.exists() or not any(out.rglob("*"))
-    return err[0]
+    return one_line_error(monkeypatch, capsys, main, ["unlearn.audit", *args], out)
 
 
 @pytest.fixture

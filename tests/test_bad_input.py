@@ -4,11 +4,11 @@ nothing written (errors found before the job starts) or only the failure record 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import one_line_error
 from tests.test_cli import tiny_args, unlearn
 from unlearn.__main__ import main
 from unlearn.cli import normalize_argument
@@ -16,14 +16,7 @@ from unlearn.cli import normalize_argument
 
 def precheck_error(monkeypatch, capsys, tmp_path, *args: str) -> str:
     """Run the CLI in-process; the error must come from the pre-check (exit 2, one line, nothing written)."""
-    monkeypatch.setattr(sys, "argv", ["unlearn", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
-    return err[0]
+    return one_line_error(monkeypatch, capsys, main, ["unlearn", *args], tmp_path / "out")
 
 
 def tiny(tmp_path, corpus_files, *extra):

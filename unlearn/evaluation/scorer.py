@@ -26,6 +26,7 @@ log line: generation and perplexity requests, `batch_size=auto`, a model whose a
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -158,9 +159,9 @@ class SharedContextLM(HFLM):
             contexts[sequence[:context_length]] += len(sequence) - context_length
         budget = min(self.max_length, max((len(c) + n for c, n in contexts.items()), default=0))
         rows = []
-        for group in _subtrees(sequences, budget):
+        for run in _subtrees([sequence for sequence, _, _ in sequences], budget):
             row, path, previous = _Row(), [], ()
-            for sequence, context_length, index in group:
+            for sequence, context_length, index in sequences[run.start : run.stop]:
                 row.add(sequence, _common_prefix(previous, sequence), path)
                 # the node before each continuation token: the last context node, then the continuation's inputs
                 row.reads += [(index, path[context_length - 1 + j], token)
@@ -215,35 +216,28 @@ class SharedContextLM(HFLM):
         return F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
 
 
-def _subtrees(items: list, budget: int) -> list[list]:
-    """`items` (sorted by their first field, a token sequence) cut into runs whose prefix trees have at most
-    `budget` nodes: whole subtrees of the tree of all of them where they fit, neighbours sharing a run while they
-    fit; a subtree too large for one run is split among its children, whose runs repeat the path to it."""
-    def size(run: list) -> int:
-        return len(run[0][0]) + sum(len(b[0]) - _common_prefix(a[0], b[0]) for a, b in zip(run, run[1:]))
+def _subtrees(sequences: list[tuple[int, ...]], budget: int) -> list[range]:
+    """Sorted `sequences` cut into runs whose prefix trees have at most `budget` nodes: whole subtrees of the tree
+    of all of them where they fit, neighbours sharing a run while they fit; a subtree too large for one run is
+    split among its children, whose runs repeat the path to it."""
+    shared = [0] + [_common_prefix(a, b) for a, b in zip(sequences, sequences[1:])]  # with the one before
+    added = list(itertools.accumulate((len(s) - p for s, p in zip(sequences, shared)), initial=0))
 
-    runs: list[list] = []
-    sizes: list[int] = []
-    pending = [items] if items else []  # subtrees still to place, the next one last
+    def size(start: int, end: int) -> int:  # nodes of the tree of sequences[start:end]
+        return len(sequences[start]) + added[end] - added[start + 1]
+
+    runs: list[range] = []
+    pending = [range(0, len(sequences))] if sequences else []  # subtrees still to place, the next one last
     while pending:
         run = pending.pop()
-        if size(run) > budget and len(run) > 1:
-            depth = _common_prefix(run[0][0], run[-1][0])  # what every item of the run shares (sorted)
-            children: list[list] = []
-            for item in run:  # runs by the token after the shared prefix (an item that ends there: its own)
-                if children and children[-1][0][0][depth : depth + 1] == item[0][depth : depth + 1]:
-                    children[-1].append(item)
-                else:
-                    children.append([item])
-            pending += reversed(children)
-            continue
-        grown = sizes[-1] + size(run) - _common_prefix(runs[-1][-1][0], run[0][0]) if runs else budget + 1
-        if grown <= budget:
-            runs[-1] += run
-            sizes[-1] = grown
+        if len(run) > 1 and size(run.start, run.stop) > budget:
+            depth = min(shared[run.start + 1 : run.stop])  # what every sequence of the run shares
+            cuts = [run.start, *(k for k in run[1:] if shared[k] == depth), run.stop]  # a child per next token
+            pending += reversed([range(a, b) for a, b in zip(cuts, cuts[1:])])
+        elif runs and size(runs[-1].start, run.stop) <= budget:
+            runs[-1] = range(runs[-1].start, run.stop)
         else:
-            runs.append(list(run))
-            sizes.append(size(run))
+            runs.append(run)
     return runs
 
 

@@ -67,8 +67,11 @@ def now() -> str:
 
 
 def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "datasets", "lm-eval", "hydra-core", "unlearn"):
+    import torch
+
+    # torch's own version string: it names the build (2.9.1+cu128, 2.13.0+cpu), which its wheel's metadata omits
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("transformers", "datasets", "lm-eval", "hydra-core", "unlearn"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

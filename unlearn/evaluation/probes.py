@@ -52,7 +52,7 @@ def probe_statistics(sums: dict[str, dict[str, Any]], *, unlearn_layer: int,
         def mean(value: float) -> float | None:
             return value / tokens if tokens else None
 
-        direction = torch.tensor(total["direction"], dtype=torch.float64)
+        direction = torch.tensor(total["direction"], dtype=torch.float64)  # empty without tokens
         cosines = {topic: mean(float(direction @ F.normalize(u.double().flatten(), dim=0))) if tokens else None
                    for topic, u in control_vectors.items()}
         results[name] = {"documents": total["documents"], "tokens": tokens, "mean_norm": mean(total["norm"]),

@@ -4,8 +4,8 @@
     results = evaluate(model, tokenizer, spec, ...)
 
 The lm-eval part (tasks and robustness) of a base model is the same in every job of a sweep, so with a
-`cache_key` it is read from / written to an on-disk cache. The probes depend on the control vectors u, which
-each run draws, so they are never cached.
+`cache_key` it is read from / written to an on-disk cache. So are the base model's probe sums: the cosines with
+the control vectors u, which each run draws, are computed from them.
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def _robustness_summary(raw, spec: EvalSpec, perturbed_names, keyword_topics) ->
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Probes (never cached: they depend on this run's control vectors)
+# Probes (the base model's sums cached; the cosines with this run's control vectors computed from them)
 
 
 def _probes(model, tokenizer, spec: EvalSpec, probe_texts, unlearn_layer, control_vectors, cache_key,

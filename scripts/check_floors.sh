@@ -65,6 +65,8 @@ set -e
 summary="$(grep -E '[0-9]+ (passed|failed)' "$VENV/pytest.txt" | tail -1 | tr -d '=' | xargs)"
 minutes=$(( ($(date +%s) - started + 59) / 60 ))
 load="$(cut -d' ' -f3 /proc/loadavg) (15-min load average at the end) on $(nproc) cores"
-pinned="$([ -n "${NEWEST:-}" ] && echo "torch pinned, the rest newest" || echo "every floor pinned")"
+if [ -z "${NEWEST:-}" ]; then pinned="every floor pinned"
+elif [ -n "${TORCH:-}" ]; then pinned="torch pinned, the rest newest"
+else pinned="every dependency newest"; fi
 echo "| $(date -u +%Y-%m-%d), Python $(python -c 'import platform; print(platform.python_version())'), $pinned: ${installed% } | \`$([ -n "${PYTHON:-}" ] && [ "$PYTHON" != python3 ] && echo "PYTHON=$PYTHON ")$([ -n "${TORCH:-}" ] && echo "TORCH=$TORCH ")$([ -n "${NEWEST:-}" ] && echo "NEWEST=1 ")$([ -n "$TESTS" ] && echo "PYTEST_ARGS=\"$TESTS\" ")bash scripts/check_floors.sh\` | $([ "$status" = 0 ] && echo "**passing**" || echo "**failing**"): $summary (the fast tests, \`-m \"not slow\"\`$([ -n "$TESTS" ] && echo ", of $TESTS only")), $minutes min, $load |"
 exit "$status"

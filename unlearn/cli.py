@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from unlearn import schema  # noqa: F401  (registers the config schemas in Hydra's ConfigStore)
 from unlearn import slurm, sweep  # sweep also registers the resolver that names a multirun's run directories
-from unlearn.errors import EXIT_BAD_INPUT, UnlearnError, one_line
+from unlearn.errors import EXIT_BAD_INPUT, UnlearnError, first_line, one_line
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ def _wrong_type(error) -> str:
     if expected in EXPECTED:
         what = EXPECTED[expected]
         return f"{key}={value!r} is not {what}: give {what}, e.g. {key}=... ({LIST_KEYS})"
-    return f"{key}: {str(error).splitlines()[0]} ({LIST_KEYS})"
+    return f"{key}: {first_line(error)} ({LIST_KEYS})"
 
 
 def _field_type(node_type: type | None, name: str):

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from unlearn import hub
-from unlearn.errors import UnlearnError
+from unlearn.errors import UnlearnError, first_line
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -149,7 +149,7 @@ def _read_hub(spec: CorpusSpec) -> list[str]:
             raise ConnectionError("the Hugging Face hub is unreachable (set HF_DATASETS_OFFLINE=1 to read your local cache)")
         dataset = datasets.load_dataset(spec.path, spec.name, split=spec.split)
     except Exception as exc:  # datasets raises many types for "not reachable / not cached"
-        reason = "offline mode is set and it is not in the local cache" if hub.offline() else str(exc).splitlines()[0]
+        reason = "offline mode is set and it is not in the local cache" if hub.offline() else first_line(exc)
         raise UnlearnError(
             f"could not load dataset {spec.path}" + (f" ({spec.name})" if spec.name else "")
             + f": {reason}: point the topic's path at a local JSONL of the same schema, or use data=demo"

@@ -22,6 +22,8 @@ os.environ["UNLEARN_CACHE"] = tempfile.mkdtemp(prefix="unlearn-test-cache-")
 atexit.register(shutil.rmtree, os.environ["UNLEARN_CACHE"], ignore_errors=True)  # ~0.5 GB: the converted model
 
 REPO = Path(__file__).resolve().parent.parent
+DEMO_TASKS = REPO / "unlearn/evaluation/tasks/demo"
+EVAL_FIXTURES = REPO / "tests/fixtures/eval"  # the demo tasks' questions: 6 forget, 8 retain
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(model, tokenizer) of tiny://llama, loaded once per test module."""
+    from unlearn.models import load_model
+
+    return load_model("tiny://llama")
 
 
 @pytest.fixture
@@ -61,6 +71,14 @@ def eval_preset(name: str, *overrides: str) -> dict:
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"eval={name}", *overrides])
     return OmegaConf.to_container(cfg.eval, resolve=True)
+
+
+def demo_tasks_with_fixtures(folder: Path) -> Path:
+    """`folder` with the packaged demo task files (the YAMLs and their custom_dataset loader) beside the fixture
+    questions, which stand in for the packaged ones."""
+    for path in [*DEMO_TASKS.glob("*yaml"), *DEMO_TASKS.glob("*.py"), *EVAL_FIXTURES.glob("*.jsonl")]:
+        shutil.copy(path, folder)
+    return folder
 
 
 def one_line_error(monkeypatch, capsys, main, argv: list[str], out: Path) -> str:

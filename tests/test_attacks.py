@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tests.conftest import REPO, eval_preset
+from tests.conftest import REPO, demo_tasks_with_fixtures, eval_preset
 from tests.test_bad_input import precheck_error
 from tests.test_cli import tiny_args, unlearn
 from tests.test_report import BEFORE, evaluation, make_run
@@ -24,11 +24,8 @@ from unlearn.evaluation.attack_context import AttackTexts
 from unlearn.evaluation.attacks import (
     _right_padded, mean_block_outputs, project_out, projected_out, recovered_fraction, relearned, run_attacks,
 )
-from unlearn.models import load_model
 from unlearn.schema import EvalSpec
 
-DEMO_TASKS = REPO / "unlearn/evaluation/tasks/demo"
-FIXTURES = REPO / "tests/fixtures/eval"
 HELDOUT = REPO / "unlearn/data/demo/forget_heldout.jsonl"
 TEXTS = [json.loads(line)["text"] for line in HELDOUT.read_text().splitlines()][:6]
 
@@ -39,20 +36,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory) -> EvalSpec:
     """eval=demo_attacks on the fixture questions (6 forget, 8 retain), small relearn budget."""
-    folder = tmp_path_factory.mktemp("tasks")
-    for path in [*DEMO_TASKS.glob("*yaml"), *DEMO_TASKS.glob("*.py")]:  # the YAMLs and their data loader
-        shutil.copy(path, folder)
-    for path in FIXTURES.glob("*.jsonl"):
-        shutil.copy(path, folder)
+    folder = demo_tasks_with_fixtures(tmp_path_factory.mktemp("tasks"))
     cfg = eval_preset("demo_attacks", "eval.attack.relearn.steps=3", "eval.attack.relearn.max_documents=6",
                         "eval.attack.relearn.max_length=64", "eval.attack.ablate.max_length=64")
     cfg["include_paths"] = [str(folder)]
     return eval_spec(cfg)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny://llama")
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:

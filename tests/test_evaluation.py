@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import datasets
@@ -22,15 +21,11 @@ from unlearn.evaluation import check_tasks, eval_spec, evaluate, format_table, s
 from unlearn.evaluation.probes import probe_statistics, probe_sums
 from unlearn.evaluation.robustness import insert_keyword, perturbed_task_config
 from unlearn.evaluation.tasks import build, find_tasks, task_config
-from unlearn.models import load_model
 from unlearn.schema import EvalSpec
 
-from tests.conftest import eval_preset
+from tests.conftest import DEMO_TASKS, demo_tasks_with_fixtures, eval_preset
 from tests.test_cli import only_run_dir, tiny_args, unlearn
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_TASKS = REPO / "unlearn/evaluation/tasks/demo"
-FIXTURES = REPO / "tests/fixtures/eval"
 FORGET_DOCS, RETAIN_DOCS = 6, 8  # rows in the fixture question sets
 KEYWORDS = {"virology": ["virus", "gain-of-function research"]}
 
@@ -47,19 +42,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny://llama")
-
-
-@pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> Path:
     """The packaged demo task YAMLs with the fixture questions, plus a group of both tasks."""
-    folder = tmp_path_factory.mktemp("tasks")
-    for path in DEMO_TASKS.iterdir():
-        if path.name.endswith(("yaml", ".py")):  # the task files and their custom_dataset loader
-            shutil.copy(path, folder)
-    for path in FIXTURES.glob("*.jsonl"):
-        shutil.copy(path, folder)
+    folder = demo_tasks_with_fixtures(tmp_path_factory.mktemp("tasks"))
     (folder / "demo_all.yaml").write_text(GROUP_YAML)
     return folder
 
@@ -409,8 +394,7 @@ def test_invalid_task_yaml_is_named(tmp_path):
 def test_tasks_are_built_once_per_process_and_again_when_a_file_changes(tmp_path, monkeypatch):
     """The pre-check, the job's plan, each evaluation and each attack share the built tasks; an edited task or
     data file in an include directory is read again."""
-    for path in [*DEMO_TASKS.glob("*yaml"), *DEMO_TASKS.glob("*.py"), *FIXTURES.glob("*.jsonl")]:
-        shutil.copy(path, tmp_path)  # the task files, their custom_dataset loader, the fixture questions
+    demo_tasks_with_fixtures(tmp_path)
     built = []
     real_build = suite.build
     monkeypatch.setattr(suite, "build", lambda manager, name: built.append(name) or real_build(manager, name))

@@ -4,7 +4,6 @@ the latent perturbation's bound and hooks, the base-model control and its cache,
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -12,17 +11,16 @@ import torch
 
 import json
 
-from tests.conftest import REPO, eval_preset
+from tests.conftest import demo_tasks_with_fixtures, eval_preset
 from tests.test_bad_input import precheck_error
 from tests.test_cli import tiny_args, unlearn
-from tests.test_attacks import DEMO_TASKS, FIXTURES, assert_unchanged, snapshot
+from tests.test_attacks import assert_unchanged, snapshot
 from unlearn.errors import UnlearnError
 from unlearn.evaluation import eval_spec, heldout, optimised
 from unlearn.evaluation.attack_context import AttackTexts
 from unlearn.evaluation.attacks import recovered_fraction, run_attacks, weights_swapped
 from unlearn.evaluation.choice_loss import choice_losses, encode, mean_loss, row_scores
 from unlearn.evaluation.heldout import forget_questions, score_heldout, split_questions
-from unlearn.models import load_model
 from unlearn.schema import EvalSpec
 
 
@@ -32,19 +30,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory) -> EvalSpec:
     """prefix and latent on the fixture questions (6 forget, 8 retain), 3 fitted on, tiny budgets."""
-    folder = tmp_path_factory.mktemp("tasks")
-    for path in [*DEMO_TASKS.glob("*yaml"), *DEMO_TASKS.glob("*.py"), *FIXTURES.glob("*.jsonl")]:
-        shutil.copy(path, folder)
+    folder = demo_tasks_with_fixtures(tmp_path_factory.mktemp("tasks"))
     cfg = eval_preset("demo", "eval.attacks=[prefix,latent]", "eval.attack.split.train_questions=3",
                         "eval.attack.prefix.steps=2", "eval.attack.prefix.search_width=8",
                         "eval.attack.latent.steps=3", "eval.robustness.enabled=false", "eval.probes.enabled=false")
     cfg["include_paths"] = [str(folder)]
     return eval_spec(cfg)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny://llama")
 
 
 def test_the_split_is_seeded_disjoint_and_covers_every_question(spec):
@@ -191,8 +182,7 @@ def test_the_split_and_latent_blocks_are_checked_against_the_tasks_and_model(spe
 def test_a_task_without_choices_is_refused_by_name(spec, tmp_path):
     folder = tmp_path / "gen"
     folder.mkdir()
-    for path in [*DEMO_TASKS.glob("*yaml"), *DEMO_TASKS.glob("*.py"), *FIXTURES.glob("*.jsonl")]:
-        shutil.copy(path, folder)
+    demo_tasks_with_fixtures(folder)
     template = (folder / "_demo_cloze_template_yaml").read_text()
     (folder / "_demo_cloze_template_yaml").write_text(
         template.replace("output_type: multiple_choice", "output_type: generate_until")
@@ -270,5 +260,3 @@ def test_bad_optimised_input_is_refused_before_weights_load(monkeypatch, capsys,
     length = precheck_error(monkeypatch, capsys, tmp_path, *base, "eval.attack.prefix.length=0")
     assert length == "error: eval.attack.prefix.length must be an integer >= 1 (got 0)"
 
-
-del REPO

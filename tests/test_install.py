@@ -7,9 +7,9 @@ this checkout leaks in."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +24,17 @@ REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "unlearn", "conf")
 
 
+def _builds_here() -> bool:
+    """Whether this environment's setuptools meets pyproject's build-system floor."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    floor = int(re.search(r'"setuptools>=(\d+)', (REPO / "pyproject.toml").read_text())[1])
+    try:
+        return int(version("setuptools").split(".")[0]) >= floor
+    except PackageNotFoundError:
+        return False
+
+
 def build_wheel(out: Path) -> Path:
     """`pip wheel` on a copy of the sources (a build writes build/ and *.egg-info beside them)."""
     source = out / "source"
@@ -33,9 +44,9 @@ def build_wheel(out: Path) -> Path:
             shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(REPO / name, source / name)
-    # With setuptools here, no isolated build environment is needed (and no index reached); without it, pip
-    # builds in one, as `pip install .` does.
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    # With setuptools here at pyproject's build floor, no isolated build environment is needed (and no index
+    # reached); otherwise pip builds in one, as `pip install .` does (a Python 3.10 venv comes with setuptools 65).
+    isolation = ["--no-build-isolation"] if _builds_here() else []
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(out / "dist"),
                            str(source)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

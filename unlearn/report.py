@@ -259,7 +259,8 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _cells(column: pd.Series, spec: str = "") -> pd.Series:
     """Numbers formatted by `spec`, anything else as text on one line without `|` (it would split the cell)."""
-    text = column.map(lambda v: "" if pd.isna(v) else format(v, spec) if _is_number(v) else str(v))
+    # through object: pandas 2 maps a nullable Int64 column with gaps as floats (3 -> 3.0), pandas 3 as ints
+    text = column.astype(object).map(lambda v: "" if pd.isna(v) else format(v, spec) if _is_number(v) else str(v))
     return text.str.replace("|", "/").str.replace("\n", " ").str[:120]
 
 

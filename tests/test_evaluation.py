@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import datasets
@@ -330,6 +331,26 @@ def test_base_model_results_are_cached(tiny, task_dir, tmp_path, monkeypatch):
         cache_key="tiny://llama", cache_dir=tmp_path)
     run(*tiny, spec)  # no cache key: the trained model, always evaluated
     assert len(calls) == 5
+
+
+def test_the_cache_is_keyed_on_what_the_tasks_say_not_where_their_files_are(tiny, task_dir, tmp_path, monkeypatch):
+    """The same task files in another folder (another checkout, another install) read the base model's results
+    cached from the first; an edited question does not."""
+    calls = []
+    real = suite.run_tasks
+    monkeypatch.setattr(suite, "run_tasks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    moved = shutil.copytree(task_dir, tmp_path / "elsewhere" / "tasks")
+    cache_dir = tmp_path / "cache"
+    run(*tiny, eval_spec(demo_config(task_dir, limit=1)), cache_key="tiny://llama", cache_dir=cache_dir)
+    assert run(*tiny, eval_spec(demo_config(moved, limit=1)), cache_key="tiny://llama", cache_dir=cache_dir)["from_cache"]
+    assert len(calls) == 1
+
+    questions = moved / "demo_forget.jsonl"
+    first, *rest = questions.read_text().splitlines()
+    edited = {**json.loads(first), "question": json.loads(first)["question"] + " (edited)"}
+    questions.write_text("\n".join([json.dumps(edited), *rest]) + "\n")
+    assert not run(*tiny, eval_spec(demo_config(moved, limit=1)), cache_key="tiny://llama", cache_dir=cache_dir)["from_cache"]
+    assert len(calls) == 2
 
 
 def test_a_cache_write_cut_short_keeps_the_old_file(tmp_path, monkeypatch):

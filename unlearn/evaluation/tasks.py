@@ -180,10 +180,13 @@ def task_config(task) -> dict[str, Any]:
 
 def fingerprint(tasks: list) -> str:
     """A digest of the tasks' definitions and of the documents they score: edit a task file or its data, miss
-    the cache."""
+    the cache. Where the task file lies is left out (lm-eval records it as `metadata.config_source`), so another
+    checkout or install of the same tasks reads the same cache."""
     digest = hashlib.sha256()
     for task in sorted(tasks, key=task_name):
-        digest.update(json.dumps(task.config.to_dict(keep_callable=False), sort_keys=True, default=str).encode())
+        definition = task.config.to_dict(keep_callable=False)
+        (definition.get("metadata") or {}).pop("config_source", None)
+        digest.update(json.dumps(definition, sort_keys=True, default=str).encode())
         for doc in task.eval_docs:
             digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
     return digest.hexdigest()

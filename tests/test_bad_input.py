@@ -80,6 +80,21 @@ def test_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument,
     assert expected in precheck_error(monkeypatch, capsys, tmp_path, *args)
 
 
+@pytest.mark.parametrize("flags,expected", [
+    (["--multirun", "layer=3,5", "--cfg", "job"], "--multirun and --cfg can't be given together: Hydra does one of "
+     "--run, --multirun, --cfg, --info, --shell-completion at a time; drop all but one (one job of a sweep: its "
+     "overrides with one value each and --cfg job)"),
+    (["-m", "-c", "job"], "--multirun and --cfg can't be given together"),
+    (["--info=all", "-m"], "--multirun and --info can't be given together"),
+    (["--cfg", "job", "--info", "defaults"], "--cfg and --info can't be given together: Hydra does one of --run, "
+     "--multirun, --cfg, --info, --shell-completion at a time; drop all but one"),
+])
+def test_two_of_hydras_modes_are_one_line(monkeypatch, capsys, tmp_path, corpus_files, flags, expected):
+    """Hydra itself raises a ValueError, traceback and all, before its own error handling."""
+    line = precheck_error(monkeypatch, capsys, tmp_path, *tiny(tmp_path, corpus_files, *flags))
+    assert line.startswith(f"error: {expected}")
+
+
 @pytest.mark.parametrize("method,argument,expected", [
     ("adaptive_rmu", "method.beta=-1", "method.beta must be a positive number for adaptive_rmu, got -1.0"),
     ("rna", "method.nu=-0.1", "method.nu must be a non-negative number"),

@@ -105,6 +105,21 @@ def test_bad_argument_is_one_line_and_writes_nothing(tmp_path, corpus_files):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("module", ["unlearn", "unlearn.audit"])
+def test_help_starts_with_what_to_type_and_writes_nothing(tmp_path, module):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"python -m {module}: ")
+    examples = [line.split("  ")[1] for line in lines if line.startswith(f"  python -m {module}")]
+    assert f"python -m {module}" in examples
+    assert "== Configuration groups ==" in lines and "method: adaptive_rmu, adaptive_rmu_schema, npo, npo_schema, " \
+        "rmu, rmu_schema, rna, rna_schema, simnpo, simnpo_schema" in lines
+    assert not list(tmp_path.iterdir())
+
+
 def _start_and_wait_for_steps(args: list[str], tmp_path: Path, steps: int = 3,
                               sigint_ignored: bool = False) -> tuple[subprocess.Popen, Path]:
     """Start the CLI; `sigint_ignored`: as a background job of a non-interactive shell starts it (SIGINT ignored,

@@ -41,6 +41,8 @@ INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--
 VALUE_FLAGS = {"--config-path": "-cp", "--config-name": "-cn", "--config-dir": "-cd", "--cfg": "-c",
                "--package": "-p", "--experimental-rerun": None}
 INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+# Hydra does one of these a run (with two it raises a ValueError before its own error handling)
+MODE_FLAGS = {"--run": "-r", "--multirun": "-m", "--cfg": "-c", "--info": "-i", "--shell-completion": "-sc"}
 SEARCHPATH = "hydra.searchpath"
 
 
@@ -106,7 +108,8 @@ def read_command_line(arguments: list[str], config_name: str) -> CommandLine:
     """Hydra's flags apart from the overrides. A folder of presets is found the Hydra way: `--config-dir DIR`
     adds it; so does `--config-path DIR` when DIR holds no config of that name (with one, DIR is the primary
     folder as in Hydra, and the bundled presets stay in the search path after it); relative folders are taken
-    from the working directory; `hydra.searchpath=[file://DIR]` adds DIR too."""
+    from the working directory; `hydra.searchpath=[file://DIR]` adds DIR too. Two of Hydra's modes at once
+    (--multirun --cfg job) are refused here, where Hydra would raise."""
     flags, overrides, values = [], [], {}
     position = 0
     while position < len(arguments):
@@ -127,6 +130,12 @@ def read_command_line(arguments: list[str], config_name: str) -> CommandLine:
             flags.append(argument)
         else:
             overrides.append(argument)
+    modes = [name for name, short in MODE_FLAGS.items()
+             if name in values or {name, short} & {flag.partition("=")[0] for flag in flags}]
+    if len(modes) > 1:
+        hint = " (one job of a sweep: its overrides with one value each and --cfg job)" if "--multirun" in modes else ""
+        raise UnlearnError(f"{' and '.join(modes)} can't be given together: Hydra does one of "
+                           f"{', '.join(MODE_FLAGS)} at a time; drop all but one{hint}")
     config_name = values.get("--config-name", config_name)
     config_dir = values.pop("--config-dir", None)
     added = [_folder(config_dir, "--config-dir")] if config_dir else []

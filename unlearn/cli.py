@@ -130,8 +130,8 @@ def read_command_line(arguments: list[str], config_name: str) -> CommandLine:
             flags.append(argument)
         else:
             overrides.append(argument)
-    modes = [name for name, short in MODE_FLAGS.items()
-             if name in values or {name, short} & {flag.partition("=")[0] for flag in flags}]
+    given = set(values) | {flag.partition("=")[0] for flag in flags}  # values: under the long name (-c: --cfg)
+    modes = [name for name, short in MODE_FLAGS.items() if {name, short} & given]
     if len(modes) > 1:
         hint = " (one job of a sweep: its overrides with one value each and --cfg job)" if "--multirun" in modes else ""
         raise UnlearnError(f"{' and '.join(modes)} can't be given together: Hydra does one of "

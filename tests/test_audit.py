@@ -227,6 +227,20 @@ def test_an_exclude_file_that_does_not_match_is_refused(tmp_path, audited, corpo
             exclusions.apply([topic], csv)
 
 
+def test_an_exclude_file_that_flags_a_whole_corpus_is_refused(tmp_path, audited, corpora):
+    """Nothing would be left to train on (data.cycle would then divide by zero): one line, the fix."""
+    from unlearn.corpora import CorpusSpec, read_texts
+
+    table = pd.read_csv(audited / "audit.csv")
+    table.loc[table["side"] == "forget", "flagged"] = True
+    every_forget = tmp_path / "every_forget.csv"
+    table.to_csv(every_forget, index=False)
+    texts = {side: read_texts(CorpusSpec(str(path))) for side, path in zip(("forget", "retain"), corpora)}
+    with pytest.raises(UnlearnError, match=re.escape(f"data.exclude={every_forget} flags every document of the topic "
+                                                     "'local' forget corpus (40): nothing would be left to train on")):
+        exclusions.apply([Topic("local", texts["forget"], texts["retain"], 512, 512)], str(every_forget))
+
+
 def test_training_refuses_a_mismatched_exclude_file_before_loading_weights(tmp_path, audited, corpus_files):
     """corpus_files are other corpora than the audited ones: one line, exit 1, the manifest says why."""
     done = unlearn(*tiny_args(tmp_path, corpus_files, f"data.exclude={audited / 'audit.csv'}"))
@@ -284,11 +298,15 @@ def test_audit_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, arg
     ({"forget": "good", "retain": "empty"}, "audit.reference.retain_path: corpus"),
     ({"forget": "empty", "retain": "good"}, "has no non-empty documents"),
     ({"forget": "good", "retain": "absent"}, "does not exist: give a local JSONL or .txt file"),
+    ({"forget": "good", "retain": "folder"}, "is a directory: give a local JSONL or .txt file"),
+    ({"forget": "table", "retain": "good"}, "is a .csv file: give a local JSONL or .txt file"),
 ])
 def test_a_reference_set_with_a_class_missing_or_empty_is_refused(monkeypatch, capsys, tmp_path, corpus_files,
                                                                  reference_files, given, expected):
     out = tmp_path / "out"
-    paths = {**reference_files, "absent": tmp_path / "no_such_reference.jsonl"}
+    table = tmp_path / "reference.csv"
+    table.write_text("text\nsome clean document\n")
+    paths = {**reference_files, "absent": tmp_path / "no_such_reference.jsonl", "folder": tmp_path, "table": table}
     args = [f"audit.reference.{side}_path={paths[name]}" for side, name in given.items()]
     err = audit_precheck_error(monkeypatch, capsys, out, *tiny_audit_args(out, *corpus_files, *args))
     assert expected in err, err
@@ -308,8 +326,12 @@ def test_training_precheck_refuses_an_exclude_file_that_is_not_an_audit(monkeypa
 
     not_audit = tmp_path / "other.csv"
     not_audit.write_text("a,b\n1,2\n")
+    header_only = tmp_path / "header_only.csv"
+    header_only.write_text("topic,side,index,digest,flagged\n")
     for path, expected in ((tmp_path / "none.csv", "does not exist: point it at an audit's audit.csv"),
-                           (not_audit, "no column topic, side, index, digest, flagged")):
+                           (not_audit, "no column topic, side, index, digest, flagged"),
+                           (tmp_path, f"is a directory: point it at the audit.csv inside it (data.exclude={tmp_path / 'audit.csv'})"),
+                           (header_only, "has no rows: rerun python -m unlearn.audit")):
         err = precheck_error(monkeypatch, capsys, tmp_path, *tiny_args(tmp_path, corpus_files, f"data.exclude={path}"))
         assert expected in err, err
 

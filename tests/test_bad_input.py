@@ -37,6 +37,15 @@ def tiny(tmp_path, corpus_files, *extra):
     ("steps=abc", "steps='abc' is not an integer: give an integer"),
     ("batch_size=-4", "batch_size must be a positive integer"),
     ("lr=0", "lr must be a positive number"),
+    ("lr=nan", "lr must be a positive number, got nan"),
+    ("lr=inf", "lr must be a positive number, got inf"),
+    ("method.steering_coeff=inf", "method.steering_coeff must be a non-negative number, got inf"),
+    ("method=rna method.nu=nan", "method.nu must be a non-negative number, got nan"),
+    ("method=npo method.beta=nan", "method.beta must be a positive number for npo, got nan"),
+    ("seed=99999999999999999999", "seed must be an integer of at most 64 bits (torch.manual_seed's range), got "
+                                  "99999999999999999999: e.g. seed=42"),
+    ("device=mps", "device=mps but this machine's torch has no MPS (Apple GPU) device: use device=cpu"),
+    ("device=cuda:abc", "device='cuda:abc' is not a device: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps"),
     ("optimizer=adam", "optimizer='adam' is not a valid choice: give one of transformers_adamw, adamw"),
     ("method.steering_coeff=-1", "method.steering_coeff must be a non-negative number, got -1"),
     ("method.alpha=-5", "method.alpha must be a non-negative number"),
@@ -72,7 +81,11 @@ def test_precheck_rejects(monkeypatch, capsys, tmp_path, corpus_files, argument,
         args = [a for a in tiny(tmp_path, corpus_files) if not a.startswith("model=")] + [argument]
     else:
         args = tiny(tmp_path, corpus_files, *argument.split())
-    if argument.startswith("device=cuda"):
+    if argument == "device=mps":
+        import torch
+        if torch.backends.mps.is_available():
+            pytest.skip("an MPS device is visible")
+    if argument == "device=cuda":
         pytest.importorskip("torch")
         import torch
         if torch.cuda.is_available():
@@ -210,7 +223,7 @@ def test_missing_text_field(tmp_path, corpus_files):
     _, retain = corpus_files
     bad = write_lines(tmp_path / "f.jsonl", [json.dumps({"body": "x"})] * 20)
     done = unlearn(*tiny(tmp_path, (bad, retain)))
-    _in_job_failure(tmp_path, done, "no field 'text' (found: body): set data.text_field")
+    _in_job_failure(tmp_path, done, "no field 'text' (found: body): set the text field to the one that holds the text")
 
 
 def test_binary_corpus_says_it_is_not_text(tmp_path, corpus_files):
@@ -228,6 +241,15 @@ def test_empty_corpus(tmp_path, corpus_files):
     _in_job_failure(tmp_path, done, "has no non-empty documents")
 
 
+@pytest.mark.parametrize("value,shown", [(None, "null"), (["a", "b"], '["a", "b"]'), (3, "3")])
+def test_a_text_that_is_not_a_string_names_file_and_line(tmp_path, corpus_files, value, shown):
+    """Not trained on as the document "None" or "['a', 'b']"."""
+    _, retain = corpus_files
+    bad = write_lines(tmp_path / "f.jsonl", [json.dumps({"text": f"doc {i}"}) for i in range(19)] + [json.dumps({"text": value})])
+    done = unlearn(*tiny(tmp_path, (bad, retain)))
+    _in_job_failure(tmp_path, done, f"{bad}:20: field 'text' holds {shown}, not a string")
+
+
 def test_corpus_too_small_for_the_steps(tmp_path, corpus_files):
     done = unlearn(*tiny(tmp_path, corpus_files, "steps=50"))
     _in_job_failure(tmp_path, done, "the forget corpus has 40 documents but steps=50 with batch_size=4 needs 200: "
@@ -238,7 +260,8 @@ def test_non_finite_loss_names_the_step(tmp_path, corpus_files):
     # c = 1e30: (c*u)^2 overflows float32 at the first step, as fp16 activations do on real models
     done = unlearn(*tiny(tmp_path, corpus_files, "method.steering_coeff=1e30"))
     manifest = _in_job_failure(tmp_path, done, "the loss became inf at step 0 (topic 'local')", training_started=True)
-    assert "dtype=bf16" in manifest["error"]
+    assert "lower lr or the method's coefficients" in manifest["error"]
+    assert "fp16" not in manifest["error"]  # a float32 run: no dtype advice
 
 
 def test_out_of_memory_suggests_smaller_batches(tmp_path, corpus_files, monkeypatch):

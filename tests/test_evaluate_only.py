@@ -77,6 +77,45 @@ def test_bad_control_vectors_fail_before_any_weights_load(tmp_path, monkeypatch,
     assert expected in line
 
 
+@pytest.mark.parametrize("damage,expected", [
+    ("a file", "model.name_or_path={path} is a file, not a model directory: point model.name_or_path at a "
+               "directory written by save_pretrained"),
+    ("a run directory", "model directory {path} has no config.json (a run directory? its model is in its model/ "
+                        "folder)"),
+    ("no weights", "model directory {path} has a config.json but no weights (model.safetensors, "
+                   "model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json)"),
+    ("a config that is not JSON", "could not load the model in {path} ("),
+])
+def test_a_local_model_that_is_not_a_checkpoint_is_refused_before_the_job(saved_model, tmp_path, monkeypatch, capsys,
+                                                                         damage, expected):
+    from tests.test_bad_input import precheck_error
+
+    path = saved_model / "model"
+    if damage == "a file":
+        path = path / "config.json"
+    elif damage == "a run directory":
+        path = saved_model
+    elif damage == "no weights":
+        (path / "model.safetensors").unlink()
+    else:
+        (path / "config.json").write_text("{not json")
+    line = precheck_error(monkeypatch, capsys, tmp_path, "model=tiny-random", "train=false",
+                          f"model.name_or_path={path}", f"output_root={tmp_path / 'out'}")
+    assert expected.format(path=path) in line
+    assert "huggingface-cli" not in line  # a local folder gets no advice about the hub
+
+
+def test_a_truncated_weights_file_fails_its_job_in_one_line(saved_model, tmp_path):
+    weights = saved_model / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    done = unlearn("model=tiny-random", f"model.name_or_path={saved_model / 'model'}", "train=false",
+                   f"output_root={tmp_path / 'out'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"could not load the model in {saved_model / 'model'} (" in errors[0], done.stderr
+    assert json.loads((only_run_dir(tmp_path) / "manifest.json").read_text())["status"] == "failed"
+
+
 def test_a_model_rewritten_in_place_is_evaluated_again(task_dir, tmp_path, monkeypatch):  # noqa: F811
     """The cache key of a directory is its files' names, sizes and modification times: the same directory
     with other weights written into it is another model."""

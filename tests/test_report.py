@@ -116,6 +116,16 @@ def rendered(sweep, tmp_path_factory):
     return out, rows
 
 
+def test_an_output_dir_that_cannot_be_written_is_one_line(sweep, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for out in (a_file, a_file / "below"):
+        assert report.main([str(sweep), "--output-dir", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: could not write the report to {out} ("), err
+        assert err[0].endswith("give --output-dir a folder you can write to")
+
+
 def test_every_run_is_a_row_with_its_status(rendered):
     _, rows = rendered
     assert len(rows) == 4 + 4 + 3 + 2

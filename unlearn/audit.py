@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from unlearn import config, exclusions, influence, rundir
 from unlearn.cli import CONF_DIR, ConfigSearch, check_jobs, run
 from unlearn.config import TopicSpec
-from unlearn.corpora import CorpusSpec, is_local, read_texts, resolve_path
+from unlearn.corpora import CORPUS_KINDS, CorpusSpec, describe, read_texts, resolve_path
 from unlearn.errors import UnlearnError
 from unlearn.engine import FastEngine
 from unlearn.models import load_model, load_model_config, num_blocks
@@ -59,6 +59,7 @@ class AuditPlan:
 def plan(cfg: DictConfig) -> AuditPlan:
     """Every check that needs no weights (the pre-check runs it before Hydra starts the job)."""
     topics = config.topics(cfg)
+    config.seed(cfg)
     device = config.device(cfg.device)
     dtype = config.dtype(cfg.dtype, device)
     layer, _ = config.unlearn_layers(cfg, num_blocks(load_model_config(cfg.model.name_or_path, cfg.model.trust_remote_code)))
@@ -102,9 +103,11 @@ def _reference_spec(side: str, key: str, path: str | None, text_field: str) -> C
         raise UnlearnError(f"{key} is missing but the {other} class has a reference file: each class needs clean "
                            f"reference documents; give both files, or neither (a held-out part of each corpus)")
     spec = CorpusSpec(str(path), text_field=text_field)
-    if not is_local(spec.path) or not resolve_path(spec.path).is_file():
-        raise UnlearnError(f"{key}={path}: {resolve_path(spec.path)} does not exist: give a local JSONL or .txt "
-                           "file of clean documents of that class")
+    found = resolve_path(spec.path)
+    if not found.is_file() or found.suffix not in CORPUS_KINDS:
+        there = "does not exist" if not found.exists() else f"is {describe(found)}"
+        raise UnlearnError(f"{key}={path}: {found} {there}: give a local JSONL or .txt file of clean documents of "
+                           "that class")
     try:
         read_texts(spec)
     except UnlearnError as exc:

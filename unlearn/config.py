@@ -7,6 +7,8 @@ Components never see the config object; run.py hands them what this module retur
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -39,15 +41,29 @@ def positive_int(cfg: DictConfig, key: str) -> int:
 
 def positive_float(cfg: DictConfig, key: str) -> float:
     value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if not _finite(value) or value <= 0:
         raise UnlearnError(f"{key} must be a positive number, got {value!r}: e.g. {key}=5e-5")
     return float(value)
 
 
 def non_negative(value, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if not _finite(value) or value < 0:
         raise UnlearnError(f"{key} must be a non-negative number, got {value!r}")
     return float(value)
+
+
+def _finite(value) -> bool:
+    """A number that is neither a bool nor nan/inf (which OmegaConf takes for floats)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def seed(cfg: DictConfig) -> int:
+    """`seed`, an integer in torch.manual_seed's range."""
+    value = cfg.seed
+    if isinstance(value, bool) or not isinstance(value, int) or not -2**63 <= value < 2**64:
+        raise UnlearnError(f"seed must be an integer of at most 64 bits (torch.manual_seed's range), got {value!r}: "
+                           "e.g. seed=42")
+    return value
 
 
 def per_topic(cfg: DictConfig, key: str, topic_names: list[str]) -> list[float]:
@@ -195,7 +211,7 @@ def method(cfg: DictConfig, topic_names: list[str], overridden: list[str] = ()) 
         spec.steering_coeffs = per_topic(cfg, "method.steering_coeff", topic_names)
     if base in ("adaptive_rmu", *PO_METHODS):
         spec.beta = cfg.method.beta
-        if isinstance(spec.beta, bool) or not isinstance(spec.beta, (int, float)) or spec.beta <= 0:
+        if not _finite(spec.beta) or spec.beta <= 0:
             usual = "5 (the paper's adaptive scale)" if base == "adaptive_rmu" else "0.1 (the authors' inverse temperature)"
             raise UnlearnError(f"method.beta must be a positive number for {base}, got {spec.beta!r}: e.g. {usual}")
         spec.beta = float(spec.beta)
@@ -216,10 +232,13 @@ def _refuse_foreign_keys(method_label: str, foreign: list[str], reads: tuple[str
 def device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", requested):
+        raise UnlearnError(f"device={requested!r} is not a device: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise UnlearnError(f"device={requested} but no CUDA GPU is visible: use device=cpu (or device=auto)")
-    if requested != "cpu" and not requested.startswith(("cuda", "mps")):
-        raise UnlearnError(f"device={requested!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise UnlearnError("device=mps but this machine's torch has no MPS (Apple GPU) device: use device=cpu "
+                           "(or device=auto)")
     return requested
 
 
@@ -236,7 +255,6 @@ def check_training(cfg: DictConfig) -> None:
     positive_int(cfg, "steps")
     positive_int(cfg, "batch_size")
     positive_float(cfg, "lr")
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise UnlearnError(f"seed must be an integer, got {cfg.seed!r}")
+    seed(cfg)
     if cfg.max_length is not None:
         positive_int(cfg, "max_length")

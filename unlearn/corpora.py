@@ -133,10 +133,14 @@ def _read_local(spec: CorpusSpec) -> list[str]:
         if not isinstance(row, dict) or spec.text_field not in row:
             found = ", ".join(row) if isinstance(row, dict) else type(row).__name__
             raise UnlearnError(
-                f"{path}:{number}: no field '{spec.text_field}' (found: {found}): set data.text_field "
-                "(or the topic's text_field) to the field that holds the text"
+                f"{path}:{number}: no field '{spec.text_field}' (found: {found}): set the text field to the one that "
+                "holds the text (data.text_field or the topic's text_field; an audit's reference files: "
+                "audit.reference.text_field)"
             )
-        texts.append(str(row[spec.text_field]))
+        if not isinstance(text := row[spec.text_field], str):
+            raise UnlearnError(f"{path}:{number}: field '{spec.text_field}' holds {json.dumps(text)[:40]}, not a "
+                               "string: each document's text must be one JSON string; fix or remove that line")
+        texts.append(text)
     return texts
 
 

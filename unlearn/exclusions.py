@@ -33,6 +33,9 @@ def read(path: str):
     import pandas as pd
 
     file = resolve_path(path)
+    if file.is_dir():
+        raise UnlearnError(f"data.exclude={path} is a directory: point it at the audit.csv inside it "
+                           f"(data.exclude={Path(path) / 'audit.csv'})")
     if not file.is_file():
         raise UnlearnError(f"data.exclude={path}: {file} does not exist: point it at an audit's audit.csv "
                            "(python -m unlearn.audit writes one)")
@@ -45,6 +48,8 @@ def read(path: str):
     if missing:
         raise UnlearnError(f"data.exclude={path}: no column {', '.join(missing)}: point it at an audit's audit.csv "
                            "(python -m unlearn.audit writes one)")
+    if table.empty:
+        raise UnlearnError(f"data.exclude={path} has no rows: {RERUN}")
     if table["flagged"].dtype != bool or not table["side"].isin(SIDES).all():
         raise UnlearnError(f"data.exclude={path}: 'flagged' must be True/False and 'side' forget/retain in every "
                            f"row: {RERUN}")
@@ -70,6 +75,10 @@ def apply(topics: list[Topic], path: str) -> tuple[list[Topic], dict]:
             rows = table[(table["topic"] == topic.name) & (table["side"] == side)].sort_values("index")
             _check_matches(rows, documents, f"topic '{topic.name}' {side} corpus", path)
             flagged = set(rows.loc[rows["flagged"], "index"].astype(int))
+            if len(flagged) == len(documents):
+                raise UnlearnError(f"data.exclude={path} flags every document of the topic '{topic.name}' {side} "
+                                   f"corpus ({len(documents)}): nothing would be left to train on; rerun the audit "
+                                   "with a lower audit.flag_fraction, or drop data.exclude")
             texts[side] = [text for i, text in enumerate(documents) if i not in flagged]
             record["topics"][topic.name][side] = {"documents": len(documents), "excluded": len(flagged),
                                                   "excluded_indices": sorted(flagged)}

@@ -59,7 +59,7 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False):
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UnlearnError(_unreachable_message(name_or_path, first_line(exc))) from None
+        raise _load_error(name_or_path, exc) from None
 
 
 def num_blocks(config) -> int:
@@ -104,6 +104,7 @@ def load_model(
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, device_map: str | None, trust_remote_code: bool):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -111,8 +112,8 @@ def _from_pretrained(source: str, dtype: torch.dtype, device_map: str | None, tr
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as exc:
-        raise UnlearnError(_unreachable_message(source, first_line(exc))) from None
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise _load_error(source, exc) from None
     return model, tokenizer
 
 
@@ -120,11 +121,7 @@ def _check_reachable(name_or_path: str) -> None:
     """Fail at once on a path that does not exist, or a hub id that is neither cached nor reachable."""
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise UnlearnError(
-                f"model directory {path} has no config.json: point model.name_or_path at a directory written "
-                "by save_pretrained (or at a hub id)"
-            )
+        _check_model_directory(path)
         return
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise UnlearnError(
@@ -134,6 +131,28 @@ def _check_reachable(name_or_path: str) -> None:
     if not hub.model_cached(name_or_path) and not hub.reachable():
         why = "offline mode (HF_HUB_OFFLINE) is set" if hub.offline() else "the Hugging Face hub is unreachable"
         raise UnlearnError(_unreachable_message(name_or_path, why))
+
+
+def _check_model_directory(path: Path) -> None:
+    """A local model is a directory written by save_pretrained: its config and its weights."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    fix = "point model.name_or_path at a directory written by save_pretrained (or at a hub id)"
+    if not path.is_dir():
+        raise UnlearnError(f"model.name_or_path={path} is a file, not a model directory: {fix}")
+    if not (path / "config.json").exists():
+        inside = " (a run directory? its model is in its model/ folder)" if (path / "model" / "config.json").exists() else ""
+        raise UnlearnError(f"model directory {path} has no config.json{inside}: {fix}")
+    weights = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+    if not any((path / name).exists() for name in weights):
+        raise UnlearnError(f"model directory {path} has a config.json but no weights ({', '.join(weights)}): {fix}")
+
+
+def _load_error(source: str, exc: Exception) -> UnlearnError:
+    if Path(source).expanduser().is_dir():  # a local checkpoint, not the hub: it is damaged or incomplete
+        return UnlearnError(f"could not load the model in {source} ({first_line(exc)}): point model.name_or_path at "
+                            "a complete directory written by save_pretrained (config, weights, tokenizer)")
+    return UnlearnError(_unreachable_message(source, first_line(exc)))
 
 
 def _unreachable_message(name_or_path: str, why: str) -> str:

@@ -55,10 +55,9 @@ def train(
         parts = method.loss(engine, topic_index, topic.forget.batch(batch_index), topic.retain.batch(batch_index))
         loss = parts.loss.item()
         if not math.isfinite(loss):
-            raise UnlearnError(
-                f"the loss became {loss} at step {step} (topic '{topic.name}'): use dtype=bf16 or dtype=fp32 "
-                "instead of fp16, or lower the steering coefficient or lr"
-            )
+            fp16 = "use dtype=bf16 or dtype=fp32 instead of fp16, or " if params[0].dtype == torch.float16 else ""
+            raise UnlearnError(f"the loss became {loss} at step {step} (topic '{topic.name}'): {fp16}lower lr or "
+                               "the method's coefficients (method.steering_coeff, method.alpha)")
         updater.zero_grad(set_to_none=True)
         parts.loss.backward()
         updater.step()

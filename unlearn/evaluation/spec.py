@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -127,7 +128,7 @@ def _check_ranges(spec: Any, where: str) -> None:
             _check_ranges(value, key)
         elif "min" in item.metadata and value < item.metadata["min"]:
             raise UnlearnError(f"{key} must be an integer >= {item.metadata['min']} (got {value!r})")
-        elif item.metadata.get("positive") and value <= 0:
+        elif item.metadata.get("positive") and not (math.isfinite(value) and value > 0):
             raise UnlearnError(f"{key} must be a positive number (got {value!r})")
 
 
@@ -155,7 +156,7 @@ def _batch_size(value: Any) -> int | str:
 def _limit(value: Any) -> int | float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise UnlearnError(
             f"eval.limit must be null (all documents), a count >= 1 or a fraction in (0, 1) (got {value!r})"
         )

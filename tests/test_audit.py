@@ -364,6 +364,26 @@ def test_a_corpus_too_small_to_hold_a_reference_out_fails_before_weights_load(tm
     assert not (run / "audit.csv").exists()
 
 
+def test_an_audit_sweep_runs_every_job_and_counts_them(tmp_path, corpus_files):
+    """As a training sweep: a job that fails is recorded and the others run; the summary counts both; exit 1; the
+    same command again skips the completed job and redoes the failed one."""
+    forget, retain = corpus_files
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"text": "the only forget document"}) + "\n")  # too few to hold a reference out
+    sweep_dir = tmp_path / "sweep"
+    done = audit_cli("--multirun", *tiny_audit_args(tmp_path / "out", forget, retain, f"data.forget_path={one},{forget}",
+                                                    f"hydra.sweep.dir={sweep_dir}"))
+    assert done.returncode == 1, done.stderr
+    assert f"Sweep {sweep_dir}: 1 completed, 0 skipped, 1 failed" in done.stdout, done.stdout
+    status = {json.loads((run / "manifest.json").read_text())["status"]: run for run in sweep_dir.iterdir()
+              if (run / "manifest.json").exists()}
+    assert set(status) == {"completed", "failed"} and (status["completed"] / "audit.csv").exists()
+    assert "Traceback" not in done.stderr
+    again = audit_cli("--multirun", *tiny_audit_args(tmp_path / "out", forget, retain, f"data.forget_path={one},{forget}",
+                                                     f"hydra.sweep.dir={sweep_dir}"))
+    assert f"Sweep {sweep_dir}: 0 completed, 1 skipped, 1 failed" in again.stdout, again.stdout  # resumed
+
+
 @pytest.mark.parametrize("data", ["demo", "local", "wmdp", "wmdp_bio", "wmdp_cyber"])
 def test_the_audit_config_composes_over_every_data_preset(data):
     from hydra import compose, initialize_config_dir

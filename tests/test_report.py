@@ -126,6 +126,19 @@ def test_an_output_dir_that_cannot_be_written_is_one_line(sweep, tmp_path, capsy
         assert err[0].endswith("give --output-dir a folder you can write to")
 
 
+def test_a_sweep_of_corpus_audits_is_named_as_such(tmp_path, capsys):
+    for layer in (3, 5):
+        audit = tmp_path / f"layer={layer}"
+        audit.mkdir()
+        (audit / "manifest.json").write_text(json.dumps({"status": "completed", "command": "audit", "layer": layer}))
+        (audit / "audit.csv").write_text("topic,side,index,digest,flagged\n")
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path} holds corpus audits, not training runs: each audit's results are its audit.md "
+                   "and audit.csv (the report tabulates `python -m unlearn --multirun ...` runs)"]
+    assert not (tmp_path / "report.csv").exists()
+
+
 def test_every_run_is_a_row_with_its_status(rendered):
     _, rows = rendered
     assert len(rows) == 4 + 4 + 3 + 2

@@ -27,9 +27,10 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from unlearn import config, exclusions, influence, rundir
+from unlearn import config, exclusions, influence, rundir, sweep
 from unlearn.cli import CONF_DIR, ConfigSearch, check_jobs, run
 from unlearn.config import TopicSpec
 from unlearn.corpora import CORPUS_KINDS, CorpusSpec, describe, read_texts, resolve_path
@@ -66,7 +67,7 @@ def plan(cfg: DictConfig) -> AuditPlan:
     similarity = str(cfg.audit.similarity)  # a Similarity: the schema refuses any other value
     for key in ("audit.batch_size", "audit.probe.max_iter", "audit.excerpt_chars", "audit.top"):
         config.positive_int(cfg, key)
-    config.positive_float(cfg, "audit.probe.inverse_l2")
+    config.positive_float(cfg, "audit.probe.inverse_l2", example="1.0")
     return AuditPlan(topics, _references(cfg, topics), layer, device, dtype, similarity,
                      _fraction(cfg, "audit.flag_fraction"), _fraction(cfg, "audit.reference.heldout_fraction"))
 
@@ -415,21 +416,34 @@ def precheck(overrides: list[str], multirun: bool = False, search: ConfigSearch 
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="audit", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> str:
+    """One audit; returns what it did (`completed`, or in a sweep `skipped`) for the sweep's records. As in a
+    training sweep, a job already completed with this config is skipped, and a failure is raised to Hydra, which
+    records the job as failed and runs the others."""
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if multirun and sweep.already_completed(cfg, run_dir):
+        log.info(f"Skipping {run_dir}: already completed with this config (sweep.force=true redoes it)")
+        return sweep.SKIPPED
     try:
         audit(cfg, run_dir)
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        if not multirun:
+            sys.exit(1)
+        raise sweep.JobFailed(f"{run_dir} failed: its manifest.json has the error") from exc
     except KeyboardInterrupt:
         print(f"interrupted: {run_dir} keeps the failure record", file=sys.stderr)
         sys.exit(130)
     log.info("Audit directory: %s", run_dir)
+    return sweep.COMPLETED
 
 
 def main() -> None:
-    run(hydra_main, precheck, "audit")
+    try:
+        run(hydra_main, precheck, "audit")
+    finally:
+        sweep.summarize_unfinished()  # a sweep that ended on a failed job still gets its summary
 
 
 if __name__ == "__main__":

@@ -39,10 +39,10 @@ def positive_int(cfg: DictConfig, key: str) -> int:
     return value
 
 
-def positive_float(cfg: DictConfig, key: str) -> float:
+def positive_float(cfg: DictConfig, key: str, example: str = "5e-5") -> float:
     value = OmegaConf.select(cfg, key)
     if not _finite(value) or value <= 0:
-        raise UnlearnError(f"{key} must be a positive number, got {value!r}: e.g. {key}=5e-5")
+        raise UnlearnError(f"{key} must be a positive number, got {value!r}: e.g. {key}={example}")
     return float(value)
 
 

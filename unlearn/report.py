@@ -182,12 +182,18 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     (per-task) is missing elsewhere."""
     from unlearn.sweep import find_run_dirs
 
-    rows = sorted((run_row(run_dir, sweep_dir) for run_dir in find_run_dirs(sweep_dir)),
+    rows = sorted((run_row(run_dir, sweep_dir) for run_dir in find_run_dirs(sweep_dir) if not _is_audit(run_dir)),
                   key=lambda r: (r["variant"] is None, str(r["variant"]), _order(r["layer"]), _order(r["coeff"]),
                                  _order(r["nu"]), r["run"]))
     frame = pd.DataFrame(rows, dtype=object).apply(_typed)
     per_task = sorted(column for column in frame.columns if column.startswith("acc_"))
     return frame[[column for column in frame.columns if not column.startswith("acc_")] + per_task]
+
+
+def _is_audit(run_dir: Path) -> bool:
+    """A corpus audit's directory (python -m unlearn.audit): its results are its own audit.md and audit.csv."""
+    manifest = rundir.read_json(run_dir / rundir.MANIFEST)
+    return isinstance(manifest, dict) and manifest.get("command") == "audit"
 
 
 def _typed(column: pd.Series) -> pd.Series:
@@ -470,6 +476,11 @@ def report(sweep_dir: Path, out_dir: Path | None = None) -> tuple[str, list[Path
     out_dir = Path(out_dir or sweep_dir)
     frame = collect(sweep_dir)
     if frame.empty:
+        from unlearn.sweep import find_run_dirs
+
+        if any(map(_is_audit, find_run_dirs(sweep_dir))):
+            raise ValueError(f"{sweep_dir} holds corpus audits, not training runs: each audit's results are its "
+                             "audit.md and audit.csv (the report tabulates `python -m unlearn --multirun ...` runs)")
         raise ValueError(f"no runs in {sweep_dir}: expected run directories with a manifest.json, as "
                          "`python -m unlearn --multirun ...` writes them")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ def tiny(tmp_path, corpus_files, *extra):
     ("method=rnж", "contains non-ASCII character(s) 'ж' (U+0436)"),
     ("layer=40", "layer=40 is outside this model's blocks: choose 0..11"),
     ("layer=-1", "layer=-1 is outside this model's blocks"),
+    ("layer=null", "layer=null is not an integer: give an integer, e.g. layer=..."),
     ("update_layers=[5,9]", "update_layers contains 9, above layer=7"),
     ("param_pattern=mlp.nothing", "param_pattern 'mlp.nothing' matches no weight in blocks [5, 6, 7]: modules with weights in a block are"),
     ("steps=0", "steps must be a positive integer, got 0"),

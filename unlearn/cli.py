@@ -442,6 +442,7 @@ def _wrong_type(error) -> str:
     from enum import Enum
 
     key, value = error.full_key, error.value
+    given = "null" if value is None else repr(value)  # as it was typed
     expected = _field_type(error.object_type, str(error.key))
     if expected is None and error.object_type is None and value is None:  # `+data.topics.new={...}`: OmegaConf
         # 2.3 refuses a mapping for a typed node and its error carries no field but the message
@@ -450,12 +451,12 @@ def _wrong_type(error) -> str:
                 f"`defaults: [data_schema, _self_]`, and choose it with data=<name> ({LIST_KEYS})")
     if isinstance(expected, type) and issubclass(expected, Enum):  # a closed choice
         choices = ", ".join(member.value for member in expected)
-        return f"{key}={value!r} is not a valid choice: give one of {choices} ({LIST_KEYS})"
+        return f"{key}={given} is not a valid choice: give one of {choices} ({LIST_KEYS})"
     if typing.get_origin(expected) in (list, tuple):
         return f"{key} is a list: give one, e.g. {key}=[a,b] ({LIST_KEYS})"
     if expected in EXPECTED:
         what = EXPECTED[expected]
-        return f"{key}={value!r} is not {what}: give {what}, e.g. {key}=... ({LIST_KEYS})"
+        return f"{key}={given} is not {what}: give {what}, e.g. {key}=... ({LIST_KEYS})"
     return f"{key}: {first_line(error)} ({LIST_KEYS})"
 
 

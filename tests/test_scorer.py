@@ -183,7 +183,7 @@ def test_an_unknown_scorer_is_refused_in_one_line_before_anything_loads(tmp_path
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == ("error: eval.scorer='fast' is not a valid choice: give one of shared_context, hflm "
-                                   "(python -m unlearn --cfg job lists every key with its value)")
+                                   "(the same command with --cfg job lists every key with its value)")
     assert not (tmp_path / "out").exists()
 
 

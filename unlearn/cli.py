@@ -403,7 +403,7 @@ def config_errors():
         raise UnlearnError(_config_error(exc)) from None
 
 
-LIST_KEYS = "python -m unlearn --cfg job lists every key with its value"
+LIST_KEYS = "the same command with --cfg job lists every key with its value"  # python -m unlearn or unlearn.audit
 EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 

@@ -242,6 +242,15 @@ def test_empty_corpus(tmp_path, corpus_files):
     _in_job_failure(tmp_path, done, "has no non-empty documents")
 
 
+def test_a_json_array_is_told_to_be_json_lines(tmp_path, corpus_files):
+    _, retain = corpus_files
+    array = tmp_path / "forget.json"
+    array.write_text(json.dumps([{"text": f"doc {i}"} for i in range(20)], indent=2))
+    done = unlearn(*tiny(tmp_path, (array, retain)))
+    _in_job_failure(tmp_path, done, f"{array} is one JSON array; expected one JSON object per line (JSON Lines): "
+                                    "convert it, e.g. jq -c '.[]' forget.json > forget.jsonl")
+
+
 @pytest.mark.parametrize("value,shown", [(None, "null"), (["a", "b"], '["a", "b"]'), (3, "3")])
 def test_a_text_that_is_not_a_string_names_file_and_line(tmp_path, corpus_files, value, shown):
     """Not trained on as the document "None" or "['a', 'b']"."""

@@ -122,6 +122,9 @@ def _read_local(spec: CorpusSpec) -> list[str]:
     lines = [line.rstrip("\n") for line in lines]
     if path.suffix == ".txt":
         return [line for line in lines if line.strip()]
+    if text.lstrip().startswith("["):  # a .json file holding one array: not one object per line
+        raise UnlearnError(f"{path} is one JSON array; expected one JSON object per line (JSON Lines): convert it, "
+                           f"e.g. jq -c '.[]' {path.name} > {path.stem}.jsonl")
     texts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -78,6 +78,8 @@ def test_presets_turn_the_standard_set_on_and_the_defaults_leave_it_off():
     (["eval.attack.relearn.steps=0"], r"eval.attack.relearn.steps must be an integer >= 1 \(got 0\)"),
     (["eval.attack.relearn.steps=-3"], r"eval.attack.relearn.steps must be an integer >= 1 \(got -3\)"),
     (["eval.attack.relearn.lr=0"], "eval.attack.relearn.lr must be a positive number"),
+    (["eval.attack.relearn.seed=99999999999999999999"], r"eval.attack.relearn.seed must be an integer from 0 to "
+                                                         r"18446744073709551615 \(got 99999999999999999999\)"),
     (["eval.attack.relearn.lr=inf"], r"eval.attack.relearn.lr must be a positive number \(got inf\)"),
     (["eval.limit=nan"], r"eval.limit must be null \(all documents\), a count >= 1 or a fraction in \(0, 1\) \(got nan\)"),
     (["eval.attack.fewshot.num_fewshot=0"], "eval.attack.fewshot.num_fewshot must be an integer >= 1"),

@@ -100,6 +100,11 @@ def _at_least(minimum: int) -> Any:
     return dataclasses.field(default=MISSING, metadata={"min": minimum})
 
 
+def _seed() -> Any:
+    """A required seed: an integer in torch.manual_seed's range from 0 (unlearn.evaluation.spec checks it)."""
+    return dataclasses.field(default=MISSING, metadata={"min": 0, "max": 2**64 - 1})
+
+
 def _positive() -> Any:
     """A required number > 0 (unlearn.evaluation.spec checks it)."""
     return dataclasses.field(default=MISSING, metadata={"positive": True})
@@ -113,7 +118,7 @@ class RobustnessSpec:
     tasks: List[str] = MISSING  # retain tasks (lm-eval YAML tasks, not groups) to perturb
     position: Position = MISSING
     insertions: int = _at_least(1)  # copies of the keyword inserted into each question
-    seed: int = _at_least(0)  # seeds the random positions; question i gets the same positions for every keyword
+    seed: int = _seed()  # seeds the random positions; question i gets the same positions for every keyword
     field: str = MISSING  # the document field the keyword goes into
     keywords: Optional[Dict[str, List[str]]] = MISSING  # per topic; None = the data config's keywords
 
@@ -149,7 +154,7 @@ class RelearnSpec:
     lr: float = _positive()
     steps: int = _at_least(1)  # optimizer steps; the documents are reused in order when steps need more
     batch_size: int = _at_least(1)
-    seed: int = _at_least(0)  # seeds the LoRA initialisation
+    seed: int = _seed()  # seeds the LoRA initialisation
 
 
 @dataclass
@@ -177,7 +182,7 @@ class SplitSpec:
     """The seeded train / held-out split of the forget tasks' questions that the optimised attacks share."""
 
     train_questions: int = _at_least(2)  # questions the attacks are fitted on (over all forget tasks); the rest are scored
-    seed: int = _at_least(0)  # seeds which questions go to the train split
+    seed: int = _seed()  # seeds which questions go to the train split
 
 
 @dataclass
@@ -190,7 +195,7 @@ class PrefixSpec:
     top_k: int = _at_least(1)  # candidate substitutions per position (largest negative gradients)
     search_width: int = _at_least(1)  # candidates scored per step, one position changed in each
     batch_size: int = _at_least(1)  # sequences per forward pass when scoring candidates
-    seed: int = _at_least(0)  # seeds the candidate sampling
+    seed: int = _seed()  # seeds the candidate sampling
     control: bool = MISSING  # also fit and score the same attack on the base model
 
 
@@ -205,7 +210,7 @@ class LatentSpec:
     decay: float = _positive()  # exponential learning-rate decay per step (1 = constant)
     steps: int = _at_least(1)  # AdamW steps, each over the whole train split
     batch_size: int = _at_least(1)  # sequences per forward pass
-    seed: int = _at_least(0)  # seeds the vectors' initialisation
+    seed: int = _seed()  # seeds the vectors' initialisation
     control: bool = MISSING  # also fit and score the same attack on the base model
 
 

@@ -126,8 +126,10 @@ def _check_ranges(spec: Any, where: str) -> None:
         value, key = getattr(spec, item.name), f"{where}.{item.name}"
         if dataclasses.is_dataclass(value):
             _check_ranges(value, key)
-        elif "min" in item.metadata and value < item.metadata["min"]:
-            raise UnlearnError(f"{key} must be an integer >= {item.metadata['min']} (got {value!r})")
+        elif "min" in item.metadata and not item.metadata["min"] <= value <= item.metadata.get("max", math.inf):
+            low, high = item.metadata["min"], item.metadata.get("max")
+            bound = f">= {low}" if high is None else f"from {low} to {high}"
+            raise UnlearnError(f"{key} must be an integer {bound} (got {value!r})")
         elif item.metadata.get("positive") and not (math.isfinite(value) and value > 0):
             raise UnlearnError(f"{key} must be a positive number (got {value!r})")
 

@@ -119,6 +119,13 @@ def test_precheck_rejects_method_settings(monkeypatch, capsys, tmp_path, corpus_
     assert expected in line
 
 
+def test_the_same_corpus_to_forget_and_retain_is_refused(monkeypatch, capsys, tmp_path, corpus_files):
+    forget, _ = corpus_files
+    line = precheck_error(monkeypatch, capsys, tmp_path, *tiny(tmp_path, (forget, forget)))
+    assert f"topic 'local': the forget and the retain corpus are the same ({forget}): the retain corpus is what the " \
+           "model keeps, other documents than those it forgets" in line
+
+
 def test_local_data_without_paths(monkeypatch, capsys, tmp_path):
     line = precheck_error(monkeypatch, capsys, tmp_path, "model=tiny-random", "data=local", "eval=none",
                           f"output_root={tmp_path / 'out'}")

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-from unlearn.corpora import CorpusSpec, check_corpus_file, is_local
+from unlearn.corpora import CorpusSpec, check_corpus_file, is_local, resolve_path
 from unlearn.errors import UnlearnError
 from unlearn.methods import BASES, METHOD_KEYS, METHODS, PO_METHODS, MethodSpec
 from unlearn.schema import DataSchema
@@ -113,10 +113,19 @@ def topics(cfg: DictConfig, corpora_needed: bool = True) -> list[TopicSpec]:
         if topic is None:  # a preset removed it (e.g. data=wmdp_cyber drops bio)
             continue
         forget, retain = (_corpus(topic, str(name), side, corpora_needed) for side in ("forget", "retain"))
+        if forget is not None and retain is not None and _documents(forget) == _documents(retain):
+            raise UnlearnError(f"topic '{name}': the forget and the retain corpus are the same ({forget.path}): the "
+                               "retain corpus is what the model keeps, other documents than those it forgets")
         found.append(TopicSpec(str(name), forget, retain, list(topic.keywords)))
     if not found:
         raise UnlearnError("data.topics is empty: choose a data preset (data=demo) or add a topic")
     return found
+
+
+def _documents(corpus: CorpusSpec) -> tuple:
+    """What decides a corpus's documents (not its max_length): a local file by its resolved path."""
+    where = str(resolve_path(corpus.path).resolve()) if is_local(corpus.path) else corpus.path
+    return where, corpus.name, corpus.split, corpus.text_field, corpus.raw_lines
 
 
 def checked_section(cfg: DictConfig, section: str, untyped: type | None = None) -> DictConfig:

@@ -77,6 +77,15 @@ def test_bad_control_vectors_fail_before_any_weights_load(tmp_path, monkeypatch,
     assert expected in line
 
 
+def test_train_false_with_attacks_is_refused_rather_than_skipped(tmp_path, monkeypatch, capsys):
+    from tests.test_bad_input import precheck_error
+
+    line = precheck_error(monkeypatch, capsys, tmp_path, "model=tiny-random", "train=false", "eval=demo_attacks",
+                          f"output_root={tmp_path / 'out'}")
+    assert "train=false runs no knowledge-recovery attacks (eval.attacks=['relearn', 'ablate', 'fewshot', 'prefix', " \
+           "'latent']): they run after training; drop them with eval.attacks=[]" in line
+
+
 @pytest.mark.parametrize("damage,expected", [
     ("a file", "model.name_or_path={path} is a file, not a model directory: point model.name_or_path at a "
                "directory written by save_pretrained"),

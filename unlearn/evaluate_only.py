@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def check(cfg: DictConfig, spec, topics: list, model_config) -> None:
-    """Before any weights load: `train` is a boolean; with train=false there is something to evaluate and the
-    control vectors file, when given, holds a u of the model's width for every topic."""
+    """Before any weights load: `train` is a boolean; with train=false there is something to evaluate, no attack
+    is asked for, and the control vectors file, when given, holds a u of the model's width for every topic."""
     if not isinstance(cfg.train, bool):
         raise UnlearnError(f"train must be true or false (got {cfg.train!r})")
     if cfg.train:
@@ -33,6 +33,9 @@ def check(cfg: DictConfig, spec, topics: list, model_config) -> None:
     if spec is None:
         raise UnlearnError("train=false with eval=none evaluates nothing: choose an evaluation (eval=demo, "
                            "eval=wmdp_mmlu)")
+    if spec.attacks:  # they attack the unlearned model against the base model's controls, after training
+        raise UnlearnError(f"train=false runs no knowledge-recovery attacks (eval.attacks={list(spec.attacks)}): they "
+                           "run after training; drop them with eval.attacks=[] (or evaluate without train=false)")
     path = spec.probes.control_vectors
     if path is not None:
         read_control_vectors(path, [t.name for t in topics], model_config.get_text_config().hidden_size)

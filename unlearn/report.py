@@ -506,8 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:  # --output-dir (or the sweep directory) cannot be written
-        print(f"error: could not write the report to {args.output_dir or args.sweep_dir} ({exc.strerror or exc}: "
-              f"{exc.filename}): give --output-dir a folder you can write to", file=sys.stderr)
+        where = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+        print(f"error: could not write the report to {args.output_dir or args.sweep_dir} ({where}): give --output-dir "
+              "a folder you can write to", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(text)
     print("Wrote " + ", ".join(str(path) for path in written))

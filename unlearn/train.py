@@ -57,7 +57,7 @@ def train(
         if not math.isfinite(loss):
             fp16 = "use dtype=bf16 or dtype=fp32 instead of fp16, or " if params[0].dtype == torch.float16 else ""
             raise UnlearnError(f"the loss became {loss} at step {step} (topic '{topic.name}'): {fp16}lower lr or "
-                               "the method's coefficients (method.steering_coeff, method.alpha)")
+                               "the method's coefficients (method.alpha, and method.steering_coeff or method.beta)")
         updater.zero_grad(set_to_none=True)
         parts.loss.backward()
         updater.step()
